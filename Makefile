@@ -1,0 +1,34 @@
+# Two commands that work on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first, pinned: an open range pulls a multi-GB CUDA build (see DESIGN.md).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/trtformer export tiny-gpt2 -o artifacts/tiny-gpt2 --overwrite
+	$(BIN)/trtformer info artifacts/tiny-gpt2
+	$(BIN)/trtformer parity artifacts/tiny-gpt2 --backend ort-cpu
+	$(BIN)/trtformer generate artifacts/tiny-gpt2 --prompt-ids 1,2,3,4 --max-new-tokens 8
+	$(BIN)/trtformer generate artifacts/tiny-gpt2 --prompt-ids 1,2,3,4 --max-new-tokens 8 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 0
+	$(BIN)/trtformer bench artifacts/tiny-gpt2 --batch 1 4 --prompt-len 16 --new-tokens 16
+
+test: $(STAMP)
+	$(BIN)/pytest -m "not gpu and not trt" -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/gpt_decode.py
+
+clean:
+	rm -rf $(VENV) artifacts

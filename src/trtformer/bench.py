@@ -1,0 +1,146 @@
+"""Latency measurement for sessions: per-token decode latency and throughput, and plain forward latency.
+
+Only numpy and the Session API are used, so it measures any backend the same way (torch is never imported
+here). Everything a decode loop needs to know comes from the manifest: the state pairs give the cached
+dim, the input specs give the shapes of masks, `vocab_size` bounds the random prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .runtime import shapes
+
+log = logging.getLogger(__name__)
+
+TOKENS = "input_ids"  # the input a decode loop feeds its own argmax back into
+
+
+def latency_stats(samples_seconds: list[float]) -> dict:
+    """Count, mean and percentiles (linear interpolation) of latencies given in seconds, reported in ms."""
+    if not samples_seconds:
+        raise ValueError("no latency samples")
+    ms = np.asarray(samples_seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "count": int(ms.size),
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def prompt_ids(vocab_size: int, batch: int, prompt_len: int, seed: int = 0) -> np.ndarray:
+    """The random prompt measure_decode uses, int64 [batch, prompt_len]; public so baselines can reuse it."""
+    return np.random.default_rng(seed).integers(0, vocab_size, (batch, prompt_len), dtype=np.int64)
+
+
+def _vocab_size(session) -> int:
+    vocab = session.config.get("vocab_size")
+    if vocab is None:  # fall back on the declared id range
+        rng = session.inputs.get(TOKENS, {}).get("value_range")
+        if rng is None:
+            raise InputError("the model declares neither config.vocab_size nor a value range for input_ids")
+        vocab = rng[1] + 1
+    return int(vocab)
+
+
+def _decode_feeds(session, ids: np.ndarray, state) -> dict[str, np.ndarray]:
+    """input_ids plus every other stateless input, which must be a 0/1 mask: all ones (no padding).
+
+    Mask shapes such as [batch, past + seq] are resolved from the manifest with the state's sizes, so
+    the loop needs no knowledge of the family.
+    """
+    if state is not None:
+        sizes = dict(state.sizes)
+    else:  # prefill: every cached dim starts empty
+        sizes = {session.inputs[p["input"]]["shape"][p["axis"]]: 0 for p in session.state_pairs.values()}
+    shapes.bind(session.inputs[TOKENS]["shape"], ids.shape, sizes)
+    feeds = {TOKENS: ids}
+    for name in session.stateless_inputs:
+        if name == TOKENS:
+            continue
+        spec = session.inputs[name]
+        if spec.get("value_range") != [0, 1]:
+            raise InputError(f"measure_decode can fill only 0/1 masks besides {TOKENS}; {name} is not one")
+        feeds[name] = np.ones(shapes.resolve_shape(spec["shape"], sizes), dtype=np.dtype(spec["dtype"]))
+    return feeds
+
+
+def _decode_once(session, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float], np.ndarray]:
+    """One prefill and `new_tokens` greedy steps: (prefill seconds, per-step seconds, tokens [batch, new_tokens + 1])."""
+    t0 = time.perf_counter()
+    out, state = session.step(_decode_feeds(session, prompt, None), None, fetch=["logits"])
+    prefill = time.perf_counter() - t0
+    tokens = [out["logits"][:, -1].argmax(-1)]
+    steps = []
+    for _ in range(new_tokens):
+        # Timed from logits-in-hand to next logits-in-hand (argmax and feeds included), which is what a
+        # per-call timestamp inside transformers' generate() measures too.
+        t0 = time.perf_counter()
+        ids = tokens[-1][:, None].astype(np.int64)
+        out, state = session.step(_decode_feeds(session, ids, state), state, fetch=["logits"])
+        tokens.append(out["logits"][:, -1].argmax(-1))
+        steps.append(time.perf_counter() - t0)
+    return prefill, steps, np.stack(tokens, axis=1)
+
+
+def measure_decode(session, batch: int, prompt_len: int, new_tokens: int, warmup: int = 1, runs: int = 3, seed: int = 0) -> dict:
+    """Greedy decoding on a random prompt: prefill latency, per-token decode latency and tokens/s.
+
+    Each run is one prefill plus `new_tokens` decode steps; the first `warmup` runs are discarded. The
+    per-token stats pool every decode step of every measured run. tokens_per_s_p50 = batch / p50 step
+    latency (typical speed); tokens_per_s_mean = batch * new_tokens / total decode time (what a user waits).
+    `tokens` holds the greedy tokens of the last run, the one chosen after prefill first, so backends can
+    be compared for agreement.
+    """
+    if not session.has_state:
+        raise InputError("measure_decode needs a model with state (a KV cache); use measure_forward")
+    if TOKENS not in session.inputs:
+        raise InputError(f"measure_decode needs a {TOKENS!r} input; the model has {session.input_names}")
+    if new_tokens < 1 or runs < 1:
+        raise ValueError("new_tokens and runs must be >= 1")
+    prompt = prompt_ids(_vocab_size(session), batch, prompt_len, seed)
+    prefills, steps, tokens = [], [], None
+    for i in range(warmup + runs):
+        prefill, run_steps, tokens = _decode_once(session, prompt, new_tokens)
+        if i >= warmup:
+            prefills.append(prefill)
+            steps.extend(run_steps)
+        log.debug("%s batch %d run %d: prefill %.1f ms, decode %.2f ms/token", session.name, batch, i,
+                  prefill * 1e3, 1e3 * sum(run_steps) / len(run_steps))
+    per_token = latency_stats(steps)
+    return {
+        "backend": session.name,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "warmup": warmup,
+        "runs": runs,
+        "prefill_ms_p50": latency_stats(prefills)["p50_ms"],
+        "decode_ms_per_token": per_token,
+        "tokens_per_s_p50": batch * 1e3 / per_token["p50_ms"],
+        "tokens_per_s_mean": batch * 1e3 / per_token["mean_ms"],
+        "tokens": tokens.tolist(),
+    }
+
+
+def measure_forward(session, feeds: Mapping[str, np.ndarray], warmup: int = 1, runs: int = 10) -> dict:
+    """Latency of session.run(feeds) for stateless models (or a stateful one given its state as numpy)."""
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    samples = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        session.run(feeds)
+        if i >= warmup:
+            samples.append(time.perf_counter() - t0)
+    return {"backend": session.name, "warmup": warmup, "runs": runs, "latency": latency_stats(samples)}

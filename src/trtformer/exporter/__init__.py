@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX: I/O specs per family, precision, and the artifact writer."""

@@ -1,0 +1,27 @@
+"""Precision of an exported graph, expressed in the model itself (strongly typed TensorRT needs that).
+
+fp16/bf16 cast the matmul weights; LayerNorms (LayerNorm32 computes in fp32 anyway), embeddings (a gather
+is cheap, and a tied LM head then projects in fp32) and classification heads keep fp32 parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FP32_HEADS = ("score", "multiple_choice_head")
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """A copy of `model` at `precision` (the original stays fp32 as the parity reference)."""
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32:
+        return model
+    low = copy.deepcopy(model).to(dtype)
+    for name, module in low.named_modules():
+        if isinstance(module, (nn.LayerNorm, nn.Embedding)) or name in FP32_HEADS:
+            module.float()
+    return low

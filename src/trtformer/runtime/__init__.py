@@ -1,0 +1,1 @@
+"""The runtime: artifacts, backends, sessions, generation. Needs numpy and onnxruntime, never torch."""

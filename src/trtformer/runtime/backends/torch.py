@@ -1,0 +1,71 @@
+"""The torch backend: the fp32 reference model rebuilt from the artifact's reference weights.
+
+It is the ground truth parity compares against, and a baseline in benchmarks. State stays as torch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ...errors import ArtifactError
+from .base import State
+
+
+def reference_model(artifact) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    from ...models import build_model
+
+    path = artifact.reference_path
+    if path is None:
+        raise ArtifactError(
+            f"{artifact.path} was exported without reference weights",
+            hint="re-export without --no-reference, or compare against the source checkpoint",
+        )
+    model = build_model(artifact.family, artifact.config)
+    model.load_state_dict(load_file(path), strict=True)
+    return model.eval()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, artifact, model: torch.nn.Module | None = None, threads: int | None = None):
+        from ...exporter.specs import to_model_kwargs
+
+        self.model = model if model is not None else reference_model(artifact)
+        self.family = artifact.family
+        self.to_kwargs = to_model_kwargs
+        self.output_names = [o["name"] for o in artifact.outputs]
+        self.state_pairs = {s["input"]: s["output"] for s in artifact.state}
+        if threads:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def _forward(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(**self.to_kwargs(self.family, dict(tensors)))
+
+    def run(self, feeds, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in feeds.items()}
+        out = self._forward({n: t.float() if t.is_floating_point() else t for n, t in tensors.items()})
+        return {n: out[n].numpy() for n in (fetch or self.output_names)}
+
+    # The reference runs in fp32 whatever the artifact's precision, so its state is fp32 too.
+    def empty_state(self, shapes, dtypes, sizes) -> State:
+        return State({n: torch.zeros(shapes[n], dtype=torch.float32) for n in shapes}, dict(sizes), self.name)
+
+    def state_from_numpy(self, arrays, sizes) -> State:
+        return State({n: torch.from_numpy(np.asarray(a, np.float32)) for n, a in arrays.items()}, dict(sizes), self.name)
+
+    def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
+        return {n: v.numpy() for n, v in state.values.items()}
+
+    def step(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in feeds.items()}
+        tensors.update(state.values)
+        out = self._forward(tensors)
+        new_values = {n: out[self.state_pairs[n]] for n in state.values}
+        return {n: out[n].numpy() for n in fetch}, State(new_values, new_sizes, self.name)

@@ -1,0 +1,135 @@
+"""Text generation on any backend: KV cache carried as backend state, left-padded batches, greedy and sampling.
+
+Greedy decoding picks argmax, so on a backend that matches the torch reference it yields the reference's
+tokens. Sampling draws from a seeded numpy Generator after temperature, top-k and top-p filtering.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 20
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationResult:
+    prompts: list[list[int]]
+    tokens: list[list[int]]  # new tokens per row, cut after eos (eos included)
+    finished: list[bool]  # True where the row stopped at eos
+    step_seconds: list[float] = field(default_factory=list)  # [prefill, decode 1, decode 2, ...]
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return [p + t for p, t in zip(self.prompts, self.tokens, strict=True)]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-aligned: ids [batch, longest], attention mask with 0 on the padding."""
+    longest = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), longest), dtype=np.int64)
+    for row, p in enumerate(prompts):
+        if len(p):
+            ids[row, longest - len(p):] = p
+            mask[row, longest - len(p):] = 1
+    return ids, mask
+
+
+def filter_logits(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Top-k then nucleus filtering on [batch, vocab] logits; removed entries become -inf."""
+    out = logits.astype(np.float64, copy=True)
+    if top_k and top_k < out.shape[-1]:
+        kth = np.partition(out, -top_k, axis=-1)[:, -top_k][:, None]
+        out[out < kth] = -np.inf
+    if top_p < 1.0:
+        order = np.argsort(-out, axis=-1)
+        sorted_logits = np.take_along_axis(out, order, axis=-1)
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        probs /= probs.sum(-1, keepdims=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop_sorted = np.cumsum(probs, axis=-1) - probs >= top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        out[drop] = -np.inf
+    return out
+
+
+def next_tokens(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
+    """[batch, vocab] logits -> [batch] token ids."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    scores = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
+
+
+def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | None = None, **overrides) -> GenerationResult:
+    """Continue each prompt by up to cfg.max_new_tokens tokens; a row stops at eos, the batch when all have."""
+    cfg = cfg or GenerationConfig()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.check()
+    if not session.has_state or "logits" not in session.outputs:
+        raise InputError(f"generation needs a causal LM artifact with a KV cache; {session.artifact.path} has none")
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InputError("every prompt needs at least one token")
+    config = session.config
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else config.get("eos_token_id")
+    pad = next(v for v in (cfg.pad_token_id, config.get("pad_token_id"), eos, 0) if v is not None)
+    context = session.artifact.limits.get("past + seq")
+    longest = max(len(p) for p in prompts)
+    if context is not None and longest + cfg.max_new_tokens - 1 > context:
+        raise InputError(
+            f"prompt of {longest} tokens + {cfg.max_new_tokens} new tokens exceeds the context of {context}",
+            hint="shorten the prompt or lower --max-new-tokens",
+        )
+    rng = np.random.default_rng(cfg.seed)
+    ids, mask = left_pad(prompts, pad)
+    batch = len(prompts)
+    tokens = [[] for _ in range(batch)]
+    finished = np.zeros(batch, dtype=bool)
+    timings = []
+    state = None
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for step in range(cfg.max_new_tokens):
+        t0 = time.perf_counter()
+        out, state = session.step(feeds, state, fetch=["logits"])
+        timings.append(time.perf_counter() - t0)
+        nxt = next_tokens(out["logits"][:, -1, :], cfg, rng)
+        nxt = np.where(finished, pad, nxt)  # finished rows idle on padding
+        for row in np.flatnonzero(~finished):
+            tokens[row].append(int(nxt[row]))
+        if eos is not None:
+            finished |= nxt == eos
+        if finished.all() or step == cfg.max_new_tokens - 1:
+            break
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        feeds = {"input_ids": nxt[:, None].astype(np.int64), "attention_mask": mask}
+    return GenerationResult(prompts, tokens, finished.tolist(), timings)

@@ -1,0 +1,23 @@
+"""Tokenizers kept with an artifact, loaded offline through the `tokenizers` library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ArtifactError, require
+
+
+def load_tokenizer(directory: Path | None):
+    """tokenizer.json, or GPT-2's vocab.json + merges.txt (byte-level BPE)."""
+    if directory is None:
+        raise ArtifactError("the artifact has no tokenizer files", hint="pass token ids with --prompt-ids, or export from a checkpoint directory that has tokenizer files")
+    tk = require("tokenizers", "hf", "text prompts")
+    if (directory / "tokenizer.json").is_file():
+        return tk.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    if vocab.is_file() and merges.is_file():
+        tok = tk.Tokenizer(tk.models.BPE.from_file(str(vocab), str(merges)))
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        return tok
+    raise ArtifactError(f"{directory} has neither tokenizer.json nor vocab.json + merges.txt")
