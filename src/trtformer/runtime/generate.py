@@ -22,8 +22,9 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     seed: int | None = None
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None
+    eos_token_id: int | None = None  # None: the model's
+    pad_token_id: int | None = None  # None: the model's, else eos, else 0
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks, tests)
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
@@ -101,8 +102,12 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InputError("every prompt needs at least one token")
     config = session.config
-    eos = cfg.eos_token_id if cfg.eos_token_id is not None else config.get("eos_token_id")
+    eos = None if cfg.ignore_eos else cfg.eos_token_id if cfg.eos_token_id is not None else config.get("eos_token_id")
     pad = next(v for v in (cfg.pad_token_id, config.get("pad_token_id"), eos, 0) if v is not None)
+    vocab = config.get("vocab_size")
+    for what, value in (("eos_token_id", eos), ("pad_token_id", pad)):
+        if value is not None and vocab is not None and not 0 <= value < vocab:
+            raise InputError(f"{what} {value} is outside the vocabulary [0, {vocab - 1}]")
     context = session.artifact.limits.get("past + seq")
     longest = max(len(p) for p in prompts)
     if context is not None and longest + cfg.max_new_tokens - 1 > context:

@@ -76,17 +76,17 @@ class Session:
             problems = shapes.check(spec["shape"], array.shape, sizes)
             if problems:
                 raise InputError(f"{name} has shape {array.shape}, expected {spec['shape']} with {sizes}: {'; '.join(problems)}")
+        for expr, limit in self.artifact.limits.items():
+            value = shapes.evaluate(expr, sizes)
+            if value is not None and value > limit:
+                raise InputError(f"{expr} = {value} exceeds the model's context of {limit} positions",
+                                 hint="shorten the prompt or the number of new tokens")
         for dim, info in self.artifact.dims.items():
             value = sizes.get(dim)
             if value is None:
                 continue
             if value < info["min"] or (info["max"] is not None and value > info["max"]):
                 raise InputError(f"{dim} = {value} is outside [{info['min']}, {info['max']}] ({info['description']})")
-        for expr, limit in self.artifact.limits.items():
-            value = shapes.evaluate(expr, sizes)
-            if value is not None and value > limit:
-                raise InputError(f"{expr} = {value} exceeds the model's context of {limit} positions",
-                                 hint="shorten the prompt or the number of new tokens")
         for name in expect:
             rng = self.inputs[name].get("value_range")
             array = feeds[name]
