@@ -7,12 +7,11 @@ import onnx
 import pytest
 import torch
 import transformers as T
+from support import manifest
 
 import trtformer
 from trtformer.errors import ArtifactError, ExportError
 from trtformer.parity import check_parity
-
-from support import manifest
 
 
 def test_manifest_describes_io_state_and_files(gpt2_artifact):
@@ -40,20 +39,14 @@ def test_graph_is_valid_onnx_with_symbolic_dims(gpt2_artifact):
     assert dims["past.0.key"] == ["batch", 4, "past", 16]
 
 
-def test_onnxruntime_matches_transformers(hf_gpt2_dir, gpt2_artifact):
-    hf = T.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()
-    session = trtformer.load(gpt2_artifact)
-    ids = np.random.default_rng(0).integers(0, 300, (2, 13))
-    out, _ = session.step({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    with torch.no_grad():
-        want = hf(torch.from_numpy(ids)).logits.numpy()
-    assert np.abs(out["logits"] - want).max() <= 1e-4
-
-
-def test_openai_gpt_onnxruntime_matches_transformers(hf_openai_gpt_dir, openai_gpt_artifact):
-    hf = T.OpenAIGPTLMHeadModel.from_pretrained(hf_openai_gpt_dir).eval()
-    session = trtformer.load(openai_gpt_artifact)
-    ids = np.random.default_rng(1).integers(0, 300, (3, 10))
+@pytest.mark.parametrize(
+    ("hf_cls", "checkpoint", "artifact"),
+    [("GPT2LMHeadModel", "hf_gpt2_dir", "gpt2_artifact"), ("OpenAIGPTLMHeadModel", "hf_openai_gpt_dir", "openai_gpt_artifact")],
+)
+def test_onnxruntime_matches_transformers(request, hf_cls, checkpoint, artifact):
+    hf = getattr(T, hf_cls).from_pretrained(request.getfixturevalue(checkpoint)).eval()
+    session = trtformer.load(request.getfixturevalue(artifact))
+    ids = np.random.default_rng(0).integers(0, 300, (3, 13))
     out, _ = session.step({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     with torch.no_grad():
         want = hf(torch.from_numpy(ids)).logits.numpy()

@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..errors import ExportError, TrtformerError
 from ..models import LoadedModel, load_model
-from ..runtime.artifact import SCHEMA_VERSION, MANIFEST, atomic_directory, file_entries, write_json_atomic
+from ..runtime.artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, file_entries, write_json_atomic
 from .precision import PRECISIONS, apply_precision
 from .specs import IOSpec, example_inputs, flatten, spec_for
 
