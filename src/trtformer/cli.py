@@ -28,7 +28,7 @@ def cmd_export(args) -> int:
     from .exporter.export import export
 
     out = export(args.source, args.out, form=args.form, precision=args.precision, opset=args.opset,
-                 overwrite=args.overwrite, reference=not args.no_reference)
+                 overwrite=args.overwrite, reference=not args.no_reference, optimize=args.optimize)
     print(f"exported {args.source} -> {out}")
     return EXIT_OK
 
@@ -44,7 +44,9 @@ def cmd_info(args) -> int:
     cfg = m["config"]
     print(f"artifact   {art.path}")
     print(f"family     {m['family']} ({cfg.get('variant', '')} {cfg.get('head', '')}), from {m.get('source')}")
-    print(f"form       {m['form']}, precision {m['precision']}, opset {m['opset']}")
+    print(f"form       {m['form']}, precision {m['precision']}, opset {m['opset']}, graphs {m['models']}")
+    if m.get("fusions"):
+        print("fusions    " + ", ".join(f"{k} x{v}" for k, v in m["fusions"].items()))
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     print("inputs")
     for t in m["inputs"]:
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     e.add_argument("--opset", type=int, default=20)
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    e.add_argument("--optimize", action="store_true", help="add ONNX Runtime's transformer fusions (model.opt.onnx, used by ort-* backends)")
     e.add_argument("--no-reference", action="store_true", help="do not store the torch reference weights (parity then needs them elsewhere)")
     e.set_defaults(func=cmd_export)
 

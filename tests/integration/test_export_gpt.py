@@ -114,3 +114,14 @@ def test_existing_artifact_is_not_overwritten_by_default(tmp_path, gpt2_artifact
     with pytest.raises(ArtifactError, match="already exists"):
         trtformer.export("tiny-gpt2", gpt2_artifact)
     trtformer.runtime.artifact.Artifact.load(gpt2_artifact)  # still intact
+
+
+def test_optimized_graph_fuses_layernorms_and_keeps_parity(tmp_path):
+    art = trtformer.export("tiny-gpt2", tmp_path / "opt", optimize=True)
+    m = manifest(art)
+    assert m["models"] == {"plain": "model.onnx", "optimized": "model.opt.onnx"}
+    assert m["fusions"].get("SkipLayerNormalization", 0) >= 3
+    ops = {n.op_type for n in onnx.load(art / "model.opt.onnx").graph.node}
+    assert "SkipLayerNormalization" in ops and "BiasGelu" not in ops
+    report = check_parity(art, backend="ort-cpu")
+    assert report.passed, report.table()

@@ -152,10 +152,12 @@ def export(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     reference: bool = True,
+    optimize: bool = False,
 ) -> Path:
     """Export `source` (a preset name or HF checkpoint directory) to the artifact directory `out`.
 
-    reference=True stores the fp32 weights of the torch reference in the artifact so that parity can be
+    optimize=True adds ONNX Runtime's transformer fusions as model.opt.onnx, which ONNX Runtime backends
+    then load by default; reference=True stores the fp32 weights of the torch reference in the artifact so that parity can be
     checked anywhere later; it doubles the artifact's size.
     """
     if form not in FORMS:
@@ -178,6 +180,13 @@ def export(
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
             written = save_onnx(proto, tmp / "model.onnx")
+            models, fusions = {"plain": "model.onnx"}, {}
+            if optimize:
+                from .optimize import optimize_graph
+
+                fusions = optimize_graph(tmp / "model.onnx", tmp / "model.opt.onnx", loaded.family, loaded.model.config.to_dict(), IR_VERSION)
+                models["optimized"] = "model.opt.onnx"
+                written.append("model.opt.onnx")
             if reference:
                 save_reference(loaded.model, tmp / "reference.safetensors")
                 written.append("reference.safetensors")
@@ -197,7 +206,8 @@ def export(
                 "opset": opset,
                 **spec.to_dict(),
                 "plugins": [],
-                "models": {"plain": "model.onnx"},
+                "models": models,
+                "fusions": fusions,
                 "reference": "reference.safetensors" if reference else None,
                 "files": file_entries(tmp, written),
                 "versions": versions(),
