@@ -12,6 +12,7 @@ a timestamp taken in a LogitsProcessor measures inside generate(), so the three 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -20,6 +21,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ BACKENDS = ("ort-cpu", "torch")  # trtformer backends; "transformers" is the bas
 BASELINE = "transformers"
 LABELS = {"ort-cpu": "trtformer ORT (ort-cpu)", "torch": "trtformer torch reference", BASELINE: "transformers generate()"}
 HF_TOLERANCE = 1e-4
+NOISY = 0.05  # share of the machine's CPU taken by other processes above which a row is flagged
+MIN_METER_S = 2.0  # shortest measurement whose neighbours' CPU share is reported
 LOAD_AT_START = list(os.getloadavg())  # 1, 5, 15 minutes, before this script adds its own load
 
 
@@ -85,6 +89,43 @@ def machine_info(threads: int) -> dict:
             "numpy": np.__version__,
         },
     }
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Neighbours:
+    """CPU time other processes take while measurements run, accumulated per row (backend, batch).
+
+    With as many threads as cores, a busy neighbour stalls every parallel region (torch's OpenMP worst of
+    all), so a row measured while others took a noticeable share of the CPU is not comparable.
+    """
+
+    def __init__(self):
+        self.wall: dict = defaultdict(float)
+        self.other: dict = defaultdict(float)
+
+    @contextlib.contextmanager
+    def watch(self, key):
+        wall0, busy0, own0 = time.perf_counter(), busy_cpu_seconds(), time.process_time()
+        yield
+        busy1 = busy_cpu_seconds()
+        if busy0 is not None and busy1 is not None:
+            self.wall[key] += time.perf_counter() - wall0
+            # process_time() covers every thread of this process (ORT's pool, torch's OpenMP).
+            self.other[key] += max(0.0, busy1 - busy0 - (time.process_time() - own0))
+
+    def share(self, key) -> float | None:
+        """Other processes' CPU as a share of all cores; None when /proc/stat's 10 ms ticks are too coarse."""
+        wall = self.wall.get(key, 0.0)
+        return self.other[key] / (wall * (os.cpu_count() or 1)) if wall >= MIN_METER_S else None
 
 
 # --- transformers baseline ---------------------------------------------------------------------------------
@@ -160,16 +201,7 @@ def measure_hf(hf, vocab: int, batch: int, prompt_len: int, new_tokens: int, war
         if i >= warmup:
             prefills.append(clock.stamps[0] - t0)  # includes generate()'s own setup
             steps.extend(np.diff(clock.stamps).tolist())
-    per_token = bench.latency_stats(steps)
-    return {
-        "backend": BASELINE, "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-        "warmup": warmup, "runs": runs,
-        "prefill_ms_p50": bench.latency_stats(prefills)["p50_ms"],
-        "decode_ms_per_token": per_token,
-        "tokens_per_s_p50": batch * 1e3 / per_token["p50_ms"],
-        "tokens_per_s_mean": batch * 1e3 / per_token["mean_ms"],
-        "tokens": tokens.tolist(),
-    }
+    return bench.decode_result(BASELINE, batch, prompt_len, new_tokens, prefills, steps, tokens)
 
 
 # --- reporting ------------------------------------------------------------------------------------------------
@@ -199,15 +231,17 @@ def agreement(results: list[dict]) -> dict:
 def markdown_table(results: list[dict]) -> str:
     base = {r["batch"]: r["tokens_per_s_mean"] for r in results if r["backend"] == BASELINE}
     lines = [
-        "| backend | batch | prefill ms | p50 ms/token | p90 ms/token | p99 ms/token | tokens/s (mean) | tokens/s (p50) | speedup vs transformers (mean) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | batch | prefill ms | p50 ms/token | p90 ms/token | p99 ms/token | tokens/s (mean) | tokens/s (p50) | speedup vs transformers (mean) | other procs' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=lambda r: (r["batch"], list(LABELS).index(r["backend"]))):
         d = r["decode_ms_per_token"]
         speed = f"{r['tokens_per_s_mean'] / base[r['batch']]:.2f}x" if r["batch"] in base else "n/a"
+        share = r.get("other_processes_cpu_share")
+        other = "n/a" if share is None else f"{100 * share:.0f}%" + (" (noisy)" if share > NOISY else "")
         lines.append(
             f"| {LABELS[r['backend']]} | {r['batch']} | {r['prefill_ms_p50']:.1f} | {d['p50_ms']:.2f} | {d['p90_ms']:.2f} "
-            f"| {d['p99_ms']:.2f} | {r['tokens_per_s_mean']:.1f} | {r['tokens_per_s_p50']:.1f} | {speed} |"
+            f"| {d['p99_ms']:.2f} | {r['tokens_per_s_mean']:.1f} | {r['tokens_per_s_p50']:.1f} | {speed} | {other} |"
         )
     return "\n".join(lines)
 
@@ -250,31 +284,48 @@ def run(args: argparse.Namespace, artifact_path: Path) -> dict:
     threads = torch.get_num_threads()  # one thread count for torch, ORT and transformers
     artifact = Artifact.load(artifact_path)
     vocab = artifact.config["vocab_size"]
-    common = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "warmup": args.warmup, "runs": args.runs, "seed": args.seed}
-    results: list[dict] = []
+    shape = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "seed": args.seed}
 
+    sessions = {}
     for backend in BACKENDS:
         log.info("loading %s (threads %d)", backend, threads)
-        session = trtformer.load(artifact_path, backend=backend, threads=threads)
+        sessions[backend] = trtformer.load(artifact_path, backend=backend, threads=threads)
+    log.info("building the transformers model from the reference weights")
+    hf = hf_model(artifact)
+    check = check_hf_weights(hf, sessions["torch"], vocab, args.seed)
+    log.info("transformers vs trtformer torch logits: max abs diff %.2e (%s)", check["max_abs_diff"], "ok" if check["passed"] else "FAILED")
+    if not check["passed"]:
+        raise SystemExit(f"transformers logits differ from the reference by {check['max_abs_diff']:.3e}: the weights are not the same")
+    torch.set_num_threads(threads)  # the torch backend set it already; transformers runs on the same pool
+
+    def measure(backend: str, batch: int, warmup: int) -> dict:
+        if backend == BASELINE:
+            return measure_hf(hf, vocab, batch, warmup=warmup, runs=1, **shape)
+        return bench.measure_decode(sessions[backend], batch, warmup=warmup, runs=1, **shape)
+
+    # Rounds interleave the backends, one run each per round, so that the machine's drift over minutes
+    # (a shared host, other processes) lands on every backend alike rather than on whichever ran then.
+    parts: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    meter = Neighbours()
+    for rnd in range(args.runs):
         for batch in args.batches:
-            log.info("%s: batch %d, prompt %d, %d new tokens, %d+%d runs", backend, batch, args.prompt_len, args.new_tokens, args.warmup, args.runs)
-            r = bench.measure_decode(session, batch, **common)
-            log.info("  %.2f ms/token p50, %.1f tokens/s", r["decode_ms_per_token"]["p50_ms"], r["tokens_per_s_mean"])
-            results.append(r)
-        if backend == "torch":  # the reference checks the transformers weights before it goes
-            log.info("building the transformers model from the reference weights")
-            hf = hf_model(artifact)
-            check = check_hf_weights(hf, session, vocab, args.seed)
-            log.info("transformers vs trtformer torch logits: max abs diff %.2e (%s)", check["max_abs_diff"], "ok" if check["passed"] else "FAILED")
-            if not check["passed"]:
-                raise SystemExit(f"transformers logits differ from the reference by {check['max_abs_diff']:.3e}: the weights are not the same")
-        session = None  # drop it before timing the next backend: its memory and ORT's thread pool go
-        gc.collect()
-    torch.set_num_threads(threads)
-    for batch in args.batches:
-        log.info("transformers generate(): batch %d", batch)
-        r = measure_hf(hf, vocab, batch, **common)
-        log.info("  %.2f ms/token p50, %.1f tokens/s", r["decode_ms_per_token"]["p50_ms"], r["tokens_per_s_mean"])
+            summary = []
+            for backend in (*BACKENDS, BASELINE):
+                with meter.watch((backend, batch)):
+                    r = measure(backend, batch, args.warmup if rnd == 0 else 0)  # warm up in the first round only
+                parts[(backend, batch)].append(r)
+                summary.append(f"{backend} {r['decode_ms_per_token']['p50_ms']:.2f}")
+            log.info("round %d/%d, batch %d: ms/token p50: %s", rnd + 1, args.runs, batch, ", ".join(summary))
+    sessions.clear()
+    gc.collect()
+
+    results = []
+    for (backend, batch), runs in parts.items():
+        r = bench.decode_result(backend, batch, args.prompt_len, args.new_tokens,
+                                [t for x in runs for t in x["prefill_s"]], [t for x in runs for t in x["decode_step_s"]], runs[-1]["tokens"])
+        r["other_processes_cpu_share"] = share = meter.share((backend, batch))
+        if share is not None and share > NOISY:
+            log.warning("other processes took %.0f%% of the CPU while %s ran at batch %d: that row is noisy", 100 * share, backend, batch)
         results.append(r)
 
     report = {
@@ -282,15 +333,17 @@ def run(args: argparse.Namespace, artifact_path: Path) -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"source": artifact.manifest.get("source"), "precision": artifact.manifest["precision"], "config": artifact.config},
-        "settings": {"batches": args.batches, **common, "greedy": True,
+        "settings": {"batches": args.batches, **shape, "warmup": args.warmup, "runs": args.runs, "greedy": True,
+                     "order": "rounds: each round runs every backend once per batch, warm-up runs in the first round only",
                      "latency": "per decode step, from one step's logits to the next (argmax and feeding included)",
-                     "tokens_per_s_mean": "batch * steps / total decode time", "tokens_per_s_p50": "batch / p50 step latency"},
+                     "tokens_per_s_mean": "batch * steps / total decode time", "tokens_per_s_p50": "batch / p50 step latency",
+                     "other_processes_cpu_share": "CPU other processes used during a row, as a share of all cores"},
         "machine": machine_info(threads),
         "hf_weight_check": check,
         "ratio_ort_over_transformers": ratios(results, "ort-cpu"),
         "ratio_torch_over_transformers": ratios(results, "torch"),
         "token_agreement_with_transformers": agreement(results),
-        "results": [{k: v for k, v in r.items() if k != "tokens"} for r in results],
+        "results": [{k: v for k, v in r.items() if k not in ("tokens", "prefill_s", "decode_step_s")} for r in results],
     }
     return report
 
@@ -322,6 +375,8 @@ def main(argv=None) -> int:
         "# GPT decode benchmark", "", title, "", table, "",
         *ratio_lines,
         f"- same weights: transformers logits vs trtformer torch reference, max abs diff {check['max_abs_diff']:.2e} (< {check['tolerance']:g})",
+        *(["- rows marked (noisy) ran while other processes took CPU from this one: rerun on an idle machine"]
+          if any((r.get("other_processes_cpu_share") or 0) > NOISY for r in results) else []),
         f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
         f"- command: `{report['command']}`", "",
     ])

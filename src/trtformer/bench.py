@@ -97,10 +97,7 @@ def measure_decode(session, batch: int, prompt_len: int, new_tokens: int, warmup
     """Greedy decoding on a random prompt: prefill latency, per-token decode latency and tokens/s.
 
     Each run is one prefill plus `new_tokens` decode steps; the first `warmup` runs are discarded. The
-    per-token stats pool every decode step of every measured run. tokens_per_s_p50 = batch / p50 step
-    latency (typical speed); tokens_per_s_mean = batch * new_tokens / total decode time (what a user waits).
-    `tokens` holds the greedy tokens of the last run, the one chosen after prefill first, so backends can
-    be compared for agreement.
+    per-token stats pool every decode step of every measured run; see decode_result for the keys.
     """
     if not session.has_state:
         raise InputError("measure_decode needs a model with state (a KV cache); use measure_forward")
@@ -117,19 +114,33 @@ def measure_decode(session, batch: int, prompt_len: int, new_tokens: int, warmup
             steps.extend(run_steps)
         log.debug("%s batch %d run %d: prefill %.1f ms, decode %.2f ms/token", session.name, batch, i,
                   prefill * 1e3, 1e3 * sum(run_steps) / len(run_steps))
-    per_token = latency_stats(steps)
+    return decode_result(session.name, batch, prompt_len, new_tokens, prefills, steps, tokens)
+
+
+def decode_result(backend: str, batch: int, prompt_len: int, new_tokens: int, prefill_s: list[float],
+                  decode_step_s: list[float], tokens) -> dict:
+    """The measure_decode result from raw samples; public so that runs measured apart (interleaved with
+    other backends, or by another library) can be pooled and reported the same way.
+
+    tokens_per_s_p50 = batch / p50 step latency (typical speed); tokens_per_s_mean = batch * steps / total
+    decode time (what a user waits). `tokens` [batch, new_tokens + 1] are the greedy tokens of the last
+    run, the one chosen after prefill first, so backends can be compared for agreement. The raw samples
+    stay in `prefill_s` and `decode_step_s`.
+    """
+    per_token = latency_stats(decode_step_s)
     return {
-        "backend": session.name,
+        "backend": backend,
         "batch": batch,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "warmup": warmup,
-        "runs": runs,
-        "prefill_ms_p50": latency_stats(prefills)["p50_ms"],
+        "runs": len(prefill_s),
+        "prefill_ms_p50": latency_stats(prefill_s)["p50_ms"],
         "decode_ms_per_token": per_token,
         "tokens_per_s_p50": batch * 1e3 / per_token["p50_ms"],
         "tokens_per_s_mean": batch * 1e3 / per_token["mean_ms"],
-        "tokens": tokens.tolist(),
+        "tokens": np.asarray(tokens).tolist(),
+        "prefill_s": list(prefill_s),
+        "decode_step_s": list(decode_step_s),
     }
 
 
