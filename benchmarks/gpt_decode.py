@@ -41,6 +41,7 @@ LABELS = {"ort-cpu": "trtformer ORT (ort-cpu)", "torch": "trtformer torch refere
 HF_TOLERANCE = 1e-4
 NOISY = 0.05  # share of the machine's CPU taken by other processes above which a row is flagged
 MIN_METER_S = 2.0  # shortest measurement whose neighbours' CPU share is reported
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # recorded when set
 LOAD_AT_START = list(os.getloadavg())  # 1, 5, 15 minutes, before this script adds its own load
 
 
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny-gpt2 and a few tokens, for smoke tests")
     p.add_argument("--preset", help=f"preset to export (default {FULL['preset']}; {QUICK['preset']} with --quick)")
     p.add_argument("--artifact", type=Path, help="reuse an exported artifact instead of exporting the preset")
+    p.add_argument("--optimize", action="store_true",
+                   help="export with ONNX Runtime's transformer fusions (model.opt.onnx), which ort-cpu then runs")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--prompt-len", type=int)
     p.add_argument("--new-tokens", type=int, help="decode steps measured per run (after prefill)")
@@ -79,6 +82,7 @@ def machine_info(threads: int) -> dict:
         # Other processes on the machine skew CPU timings: a load well above 0 at the start marks a noisy run.
         "load_average_at_start": LOAD_AT_START,
         "threads": threads,
+        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {
@@ -137,7 +141,8 @@ def hf_model(artifact: Artifact):
 
     c = artifact.config
     if artifact.family != "gpt" or c.get("variant") != "gpt2" or c.get("head") != "lm":
-        raise SystemExit(f"the transformers baseline covers GPT-2 LM models; {artifact.path} is {artifact.family}/{c.get('variant')}/{c.get('head')}")
+        kind = f"{artifact.family}/{c.get('variant')}/{c.get('head')}"
+        raise SystemExit(f"the transformers baseline covers GPT-2 LM models; {artifact.path} is {kind}")
     config = GPT2Config(
         vocab_size=c["vocab_size"], n_positions=c["n_positions"], n_embd=c["n_embd"], n_layer=c["n_layer"],
         n_head=c["n_head"], n_inner=c["n_inner"], activation_function=c["activation"],
@@ -231,7 +236,8 @@ def agreement(results: list[dict]) -> dict:
 def markdown_table(results: list[dict]) -> str:
     base = {r["batch"]: r["tokens_per_s_mean"] for r in results if r["backend"] == BASELINE}
     lines = [
-        "| backend | batch | prefill ms | p50 ms/token | p90 ms/token | p99 ms/token | tokens/s (mean) | tokens/s (p50) | speedup vs transformers (mean) | other procs' CPU |",
+        "| backend | batch | prefill ms | p50 ms/token | p90 ms/token | p99 ms/token | tokens/s (mean) | tokens/s (p50) "
+        "| speedup vs transformers (mean) | other procs' CPU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=lambda r: (r["batch"], list(LABELS).index(r["backend"]))):
@@ -332,7 +338,9 @@ def run(args: argparse.Namespace, artifact_path: Path) -> dict:
         "benchmark": "gpt_decode",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"source": artifact.manifest.get("source"), "precision": artifact.manifest["precision"], "config": artifact.config},
+        "model": {"source": artifact.manifest.get("source"), "precision": artifact.manifest["precision"],
+                  "ort_graph": artifact.model_path().name, "fusions": artifact.manifest.get("fusions", {}),
+                  "config": artifact.config},
         "settings": {"batches": args.batches, **shape, "warmup": args.warmup, "runs": args.runs, "greedy": True,
                      "order": "rounds: each round runs every backend once per batch, warm-up runs in the first round only",
                      "latency": "per decode step, from one step's logits to the next (argmax and feeding included)",
@@ -359,22 +367,30 @@ def main(argv=None) -> int:
         artifact_path = args.artifact
         if artifact_path is None:
             artifact_path = Path(tmp) / "artifact"
-            log.info("exporting %s (fp32) to a temporary artifact", args.preset)
-            trtformer.export(args.preset, artifact_path, precision="fp32", overwrite=True)
+            log.info("exporting %s (fp32%s) to a temporary artifact", args.preset, ", optimized" if args.optimize else "")
+            trtformer.export(args.preset, artifact_path, precision="fp32", overwrite=True, optimize=args.optimize)
         report = run(args, artifact_path)
 
     results = report["results"]
     table = markdown_table(results)
     m = report["machine"]
-    title = (f"{report['model']['source']} fp32 greedy decode, prompt {args.prompt_len}, {args.new_tokens} new tokens; "
+    title = (f"{report['model']['source']} fp32 greedy decode (ORT graph {report['model']['ort_graph']}), "
+             f"prompt {args.prompt_len}, {args.new_tokens} new tokens; "
              f"{m['cpu']} x{m['cpu_count']}, {m['threads']} threads")
     check = report["hf_weight_check"]
-    ratio_lines = [f"- trtformer ORT / transformers tokens/s at batch {b}: {v['tokens_per_s_mean']:.2f}x (mean), {v['tokens_per_s_p50']:.2f}x (p50)"
-                   for b, v in report["ratio_ort_over_transformers"].items()]
+    ratio_lines = [
+        f"- trtformer ORT / transformers tokens/s at batch {b}: "
+        f"{v['tokens_per_s_mean']:.2f}x (mean), {v['tokens_per_s_p50']:.2f}x (p50)"
+        for b, v in report["ratio_ort_over_transformers"].items()
+    ]
+    agree = "; ".join(f"{LABELS[k]} " + ", ".join(f"batch {b} {100 * v:.0f}%" for b, v in per.items())
+                      for k, per in report["token_agreement_with_transformers"].items())
     md = "\n".join([
         "# GPT decode benchmark", "", title, "", table, "",
         *ratio_lines,
-        f"- same weights: transformers logits vs trtformer torch reference, max abs diff {check['max_abs_diff']:.2e} (< {check['tolerance']:g})",
+        f"- same weights: transformers logits vs trtformer torch reference, "
+        f"max abs diff {check['max_abs_diff']:.2e} (< {check['tolerance']:g})",
+        f"- greedy tokens equal to transformers': {agree}",
         *(["- rows marked (noisy) ran while other processes took CPU from this one: rerun on an idle machine"]
           if any((r.get("other_processes_cpu_share") or 0) > NOISY for r in results) else []),
         f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
