@@ -62,7 +62,7 @@ def _decode_feeds(session, ids: np.ndarray, state) -> dict[str, np.ndarray]:
     if state is not None:
         sizes = dict(state.sizes)
     else:  # prefill: every cached dim starts empty
-        sizes = {session.inputs[p["input"]]["shape"][p["axis"]]: 0 for p in session.state_pairs.values()}
+        sizes = session.empty_state_sizes()
     shapes.bind(session.inputs[TOKENS]["shape"], ids.shape, sizes)
     feeds = {TOKENS: ids}
     for name in session.stateless_inputs:

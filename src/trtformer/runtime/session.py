@@ -108,12 +108,13 @@ class Session:
         fetch = self._check_fetch(fetch)
         return self.backend.run(feeds, fetch)
 
+    def empty_state_sizes(self) -> dict[str, int]:
+        """The state's growing dims (past, memory) at the first step: all 0."""
+        return {self.inputs[p["input"]]["shape"][p["axis"]]: 0 for p in self.state_pairs.values()}
+
     def new_state(self, batch: int) -> State:
         """Zero-length state (past = 0, memory = 0) for `batch` sequences, on the backend's device."""
-        sizes = {"batch": batch}
-        for pair in self.state_pairs.values():
-            dim = self.inputs[pair["input"]]["shape"][pair["axis"]]
-            sizes[dim] = 0
+        sizes = {"batch": batch, **self.empty_state_sizes()}
         shp = {n: shapes.resolve_shape(self.inputs[n]["shape"], sizes) for n in self.state_pairs}
         return self.backend.empty_state(shp, {n: self.inputs[n]["dtype"] for n in self.state_pairs}, sizes)
 
