@@ -17,7 +17,8 @@ from .. import __version__
 from ..errors import ExportError, TrtformerError
 from ..models import LoadedModel, load_model
 from ..runtime.artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, file_entries, write_json_atomic
-from .precision import PRECISIONS, apply_precision
+from .precision import PRECISIONS, apply_precision, fp32_heads
+from .quantize import QUANTIZATIONS, quantize_graph
 from .specs import IOSpec, example_inputs, flatten, spec_for
 
 log = logging.getLogger(__name__)
@@ -153,17 +154,23 @@ def export(
     overwrite: bool = False,
     reference: bool = True,
     optimize: bool = False,
+    quantize: str | None = None,
 ) -> Path:
     """Export `source` (a preset name or HF checkpoint directory) to the artifact directory `out`.
 
     optimize=True adds ONNX Runtime's transformer fusions as model.opt.onnx, which ONNX Runtime backends
-    then load by default; reference=True stores the fp32 weights of the torch reference in the artifact so that parity can be
+    then load by default; quantize="int8-dynamic" adds model.int8.onnx (from the fused graph when there is
+    one), which ONNX Runtime backends then prefer; reference=True stores the fp32 weights of the torch reference in the artifact so that parity can be
     checked anywhere later; it doubles the artifact's size.
     """
     if form not in FORMS:
         raise ExportError(f"unknown form {form!r}", hint=f"forms: {', '.join(FORMS)}")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantize!r}", hint=f"quantizations: {', '.join(QUANTIZATIONS)}")
+    if quantize is not None and precision != "fp32":
+        raise ExportError(f"int8 quantization starts from an fp32 graph, not {precision}", hint="use --precision fp32")
     if not 17 <= opset <= 23:
         raise ExportError(f"opset {opset} is outside the supported range 17..23")
     out = Path(out)
@@ -187,6 +194,12 @@ def export(
                 fusions = optimize_graph(tmp / "model.onnx", tmp / "model.opt.onnx", loaded.family, loaded.model.config.to_dict(), IR_VERSION)
                 models["optimized"] = "model.opt.onnx"
                 written.append("model.opt.onnx")
+            quantization = None
+            if quantize is not None:
+                quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), tmp / "model.int8.onnx", IR_VERSION,
+                                              fp32_heads(model))
+                models["int8"] = "model.int8.onnx"
+                written.append("model.int8.onnx")
             if reference:
                 save_reference(loaded.model, tmp / "reference.safetensors")
                 written.append("reference.safetensors")
@@ -208,6 +221,7 @@ def export(
                 "plugins": [],
                 "models": models,
                 "fusions": fusions,
+                "quantization": quantization,
                 "reference": "reference.safetensors" if reference else None,
                 "files": file_entries(tmp, written),
                 "versions": versions(),

@@ -57,6 +57,8 @@ class IOSpec:
     dims: dict[str, DimSpec] = field(default_factory=dict)
     # Limits on sums of dims, e.g. {"past + seq": n_positions}: the context a model allows.
     limits: dict[str, int] = field(default_factory=dict)
+    # Where batches put their padding: decoders pad on the left so that new tokens line up at the end.
+    padding_side: str = "left"
 
     @property
     def input_names(self) -> list[str]:
@@ -73,6 +75,7 @@ class IOSpec:
             "state": [asdict(s) for s in self.state],
             "dims": {k: asdict(v) for k, v in self.dims.items()},
             "limits": dict(self.limits),
+            "padding_side": self.padding_side,
         }
 
 
@@ -140,7 +143,51 @@ def gpt_kwargs(named: dict[str, torch.Tensor]) -> dict:
     return kwargs
 
 
-SPECS = {"gpt": (gpt_spec, gpt_kwargs)}
+# ---------------------------------------------------------------------------------------------- BERT
+
+
+def bert_spec(model) -> IOSpec:
+    """Stateless encoder: transformers' input and output names, as Optimum's exports use them."""
+    cfg = model.config
+    dtype = TORCH_TO_NAME[model.compute_dtype]
+    bs, hidden = ("batch", "seq"), ("batch", "seq", cfg.hidden_size)
+    inputs = [
+        TensorSpec("input_ids", "int64", bs, (0, cfg.vocab_size - 1), "token ids"),
+        TensorSpec("attention_mask", "int64", bs, (0, 1), "1 = real token, 0 = padding"),
+    ]
+    if cfg.type_vocab_size > 1:  # RoBERTa has one segment type, so (like Optimum) no input for it
+        inputs.append(TensorSpec("token_type_ids", "int64", bs, (0, cfg.type_vocab_size - 1), "segment of each token"))
+    f32 = "float32"  # heads compute in fp32 whatever the precision
+    outputs = {
+        "base": [TensorSpec("last_hidden_state", dtype, hidden)]
+        + ([TensorSpec("pooler_output", dtype, ("batch", cfg.hidden_size))] if cfg.has_summary else []),
+        "masked-lm": [TensorSpec("logits", f32, ("batch", "seq", cfg.vocab_size))],
+        "next-sentence": [TensorSpec("logits", f32, ("batch", 2))],
+        "sequence-classification": [TensorSpec("logits", f32, ("batch", cfg.num_labels))],
+        "token-classification": [TensorSpec("logits", f32, ("batch", "seq", cfg.num_labels))],
+        "question-answering": [TensorSpec("start_logits", f32, bs), TensorSpec("end_logits", f32, bs)],
+    }
+    if cfg.variant == "electra":
+        outputs["pretraining"] = [TensorSpec("logits", f32, bs, description="replaced-token score per token")]
+    else:
+        second = "sop_logits" if cfg.variant == "albert" else "seq_relationship_logits"
+        n_second = cfg.num_labels if cfg.variant == "albert" else 2
+        outputs["pretraining"] = [
+            TensorSpec("prediction_logits", f32, ("batch", "seq", cfg.vocab_size)),
+            TensorSpec(second, f32, ("batch", n_second)),
+        ]
+    dims = {
+        "batch": DimSpec(1, None, 1, "sequences in the batch"),
+        "seq": DimSpec(1, cfg.max_position_embeddings - cfg.position_offset, 128, "tokens per sequence"),
+    }
+    return IOSpec(inputs, outputs[cfg.head], [], dims, {"seq": dims["seq"].max}, padding_side="right")
+
+
+def plain_kwargs(named: dict[str, torch.Tensor]) -> dict:
+    return dict(named)
+
+
+SPECS = {"gpt": (gpt_spec, gpt_kwargs), "bert": (bert_spec, plain_kwargs)}
 
 
 def spec_for(family: str, model) -> IOSpec:

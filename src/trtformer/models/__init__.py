@@ -20,8 +20,13 @@ __all__ = ["LoadedModel", "PRESETS", "load_checkpoint", "load_model", "preset"]
 
 def build_model(family: str, config: dict):
     """An uninitialised reference model of `family` from a manifest's config dict."""
-    from . import gpt
+    from . import bert, gpt, longformer, transfo_xl
 
-    builders = {"gpt": (gpt.GPTConfig, gpt.GPT)}
+    builders = {
+        "bert": (bert.BertConfig, bert.Bert),
+        "gpt": (gpt.GPTConfig, gpt.GPT),
+        "longformer": (longformer.LongformerConfig, longformer.Longformer),
+        "transfo_xl": (transfo_xl.TransfoXLConfig, transfo_xl.TransfoXL),
+    }
     cfg_cls, model_cls = builders[family]
     return model_cls(cfg_cls(**config))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from . import gpt
+from . import bert, gpt, longformer, transfo_xl
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ GPT_ARCHITECTURE_HEADS = {
 }
 
 
-def _architecture_head(hf: dict, prefix: str, heads: dict[str, str]) -> str:
-    archs = hf.get("architectures") or [f"{prefix}LMHeadModel"]
+def _architecture_head(hf: dict, prefix: str, heads: dict[str, str], default: str = "LMHeadModel") -> str:
+    archs = hf.get("architectures") or [f"{prefix}{default}"]
     for arch in archs:
         suffix = arch[len(prefix):] if arch.startswith(prefix) else None
         if suffix in heads:
@@ -117,10 +117,228 @@ def gpt_convert_state_dict(sd: dict[str, torch.Tensor], cfg: gpt.GPTConfig) -> d
     return out
 
 
+# ---------------------------------------------------------------------------------------------- BERT family
+
+BERT_PREFIXES = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra"}
+BERT_ARCHITECTURE_HEADS = {
+    "Model": "base",
+    "ForMaskedLM": "masked-lm",
+    "ForNextSentencePrediction": "next-sentence",
+    "ForPreTraining": "pretraining",
+    "ForSequenceClassification": "sequence-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+}
+
+
+def bert_config_from_hf(hf: dict) -> bert.BertConfig:
+    variant = hf["model_type"]
+    prefix = BERT_PREFIXES[variant]
+    heads = {k: v for k, v in BERT_ARCHITECTURE_HEADS.items() if variant == "bert" or v != "next-sentence"}
+    head = _architecture_head(hf, prefix, heads, default="Model")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
+    defaults = bert.BertConfig()
+    return bert.BertConfig(
+        variant=variant,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        hidden_act=hf.get("hidden_act", defaults.hidden_act),
+        max_position_embeddings=hf.get("max_position_embeddings", defaults.max_position_embeddings),
+        type_vocab_size=hf.get("type_vocab_size", defaults.type_vocab_size),
+        layer_norm_eps=hf.get("layer_norm_eps", defaults.layer_norm_eps),
+        pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else defaults.pad_token_id,
+        embedding_size=hf.get("embedding_size") if variant in ("albert", "electra") else None,
+        num_hidden_groups=hf.get("num_hidden_groups", 1) if variant == "albert" else 1,
+        inner_group_num=hf.get("inner_group_num", 1) if variant == "albert" else 1,
+        head=head,
+        num_labels=hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
+        initializer_range=hf.get("initializer_range", defaults.initializer_range),
+    )
+
+
+# Prefix renames per variant, after the base model's own prefix (`bert.`, `roberta.`, ...) is dropped.
+BERT_RENAMES = {
+    "bert": {
+        "cls.predictions.transform.dense.": "mlm.dense.",
+        "cls.predictions.transform.LayerNorm.": "mlm.LayerNorm.",
+        "cls.predictions.decoder.": "mlm.decoder.",
+        "cls.predictions.bias": "mlm.decoder.bias",
+        "cls.seq_relationship.": "nsp.",
+    },
+    "roberta": {
+        "lm_head.dense.": "mlm.dense.",
+        "lm_head.layer_norm.": "mlm.LayerNorm.",
+        "lm_head.decoder.": "mlm.decoder.",
+        "lm_head.bias": "mlm.decoder.bias",
+        "classifier.dense.": "pooler.dense.",  # the classifier body is the first-token summary
+        "classifier.out_proj.": "classifier.",
+    },
+    "albert": {
+        "encoder.embedding_hidden_mapping_in.": "embeddings_project.",
+        "pooler.": "pooler.dense.",
+        "predictions.dense.": "mlm.dense.",
+        "predictions.LayerNorm.": "mlm.LayerNorm.",
+        "predictions.decoder.": "mlm.decoder.",
+        "predictions.bias": "mlm.decoder.bias",
+        "sop_classifier.classifier.": "nsp.",
+    },
+    "electra": {
+        "discriminator_predictions.": "discriminator.",
+        "generator_predictions.": "mlm.",
+        "generator_lm_head.": "mlm.decoder.",
+        "classifier.dense.": "pooler.dense.",
+        "classifier.out_proj.": "classifier.",
+    },
+}
+# ALBERT's shared layer, named `albert_layer_groups.G.albert_layers.I.*`, onto BERT's layer names.
+ALBERT_LAYER_RENAMES = {
+    "attention.query.": "attention.self.query.",
+    "attention.key.": "attention.self.key.",
+    "attention.value.": "attention.self.value.",
+    "attention.dense.": "attention.output.dense.",
+    "attention.LayerNorm.": "attention.output.LayerNorm.",
+    "ffn.": "intermediate.dense.",
+    "ffn_output.": "output.dense.",
+    "full_layer_layer_norm.": "output.LayerNorm.",
+}
+
+
+def _rename_prefix(key: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def bert_convert_state_dict(sd: dict[str, torch.Tensor], cfg: bert.BertConfig) -> dict[str, torch.Tensor]:
+    base = cfg.variant + "."
+    out = {}
+    for key, value in sd.items():
+        k = key.removeprefix(base)
+        if k in ("embeddings.position_ids", "embeddings.token_type_ids"):
+            continue  # buffers, not weights
+        if k.startswith("encoder.albert_layer_groups."):
+            _, _, group, _, inner, rest = k.split(".", 5)
+            k = f"encoder.layer.{int(group) * cfg.inner_group_num + int(inner)}." + _rename_prefix(rest, ALBERT_LAYER_RENAMES)
+        else:
+            k = _rename_prefix(k, BERT_RENAMES[cfg.variant])
+        out[k] = value.contiguous()
+    if cfg.head == "masked-lm" or (cfg.head == "pretraining" and cfg.variant != "electra"):
+        # Tied checkpoints may save the decoder only as the word embeddings.
+        out.setdefault("mlm.decoder.weight", out.get("embeddings.word_embeddings.weight"))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------- Transformer-XL
+
+# config.json keys that map one to one; absent keys take TransfoXLConfig's defaults, which are HF's.
+TRANSFO_XL_KEYS = (
+    "cutoffs", "d_model", "d_embed", "n_head", "d_head", "d_inner", "div_val", "pre_lnorm", "n_layer", "mem_len",
+    "clamp_len", "same_length", "untie_r", "tie_word_embeddings", "tie_projs", "layer_norm_epsilon", "init_std",
+    "proj_init_std", "eos_token_id",
+)  # fmt: skip
+
+
+def transfo_xl_config_from_hf(hf: dict) -> transfo_xl.TransfoXLConfig:
+    _architecture_head(hf, "TransfoXL", {"LMHeadModel": "lm"})
+    if hf.get("attn_type", 0) != 0:
+        raise CheckpointError(f"Transformer-XL attn_type {hf['attn_type']} is not supported (only 0, as in HF)")
+    if hf.get("sample_softmax", -1) > 0:
+        raise CheckpointError("Transformer-XL with a sampled softmax (sample_softmax > 0) is not supported")
+    kw = {k: hf[k] for k in TRANSFO_XL_KEYS if k in hf}
+    # The tie_projs a model was saved with; HF derives it from proj_share_all_but_first when it is absent.
+    if kw.get("tie_projs") is None and "proj_share_all_but_first" in hf:
+        tails = len(kw.get("cutoffs", transfo_xl.TransfoXLConfig.cutoffs))
+        kw["tie_projs"] = [False] + [bool(hf["proj_share_all_but_first"])] * tails
+    return transfo_xl.TransfoXLConfig(vocab_size=hf.get("vocab_size", hf.get("n_token")), **kw)
+
+
+def transfo_xl_convert_state_dict(sd: dict[str, torch.Tensor], cfg: transfo_xl.TransfoXLConfig) -> dict:
+    """Drop HF's `transformer.` prefix and give every tied parameter one value under each of its names."""
+    out = {k.removeprefix("transformer."): v.contiguous() for k, v in sd.items()}
+    out.pop("pos_emb.inv_freq", None)  # the sinusoids' frequencies, a buffer: the op computes them
+    if not cfg.untie_r:  # the shared u, v may also be saved under each layer's alias; trtformer keeps them once
+        for k in [k for k in out if k.startswith("layers.") and k.endswith((".r_w_bias", ".r_r_bias"))]:
+            out.setdefault(k.rsplit(".", 1)[-1], out.pop(k))
+    for target, source in transfo_xl.tied_weights(cfg):
+        value = out.get(source, out.get(target))  # HF files often keep only one of the two names
+        if value is None:
+            continue  # load_state reports it missing
+        if target in out and source in out and not torch.equal(out[target], out[source]):
+            log.warning("%s differs from %s, which the config ties it to; trtformer uses %s", target, source, source)
+        out[target] = out[source] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- Longformer
+
+LONGFORMER_ARCHITECTURE_HEADS = {
+    "Model": "base",
+    "ForMaskedLM": "masked-lm",
+    "ForSequenceClassification": "sequence-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+}
+# The names bert.py's shared blocks give differently from transformers' Longformer.
+LONGFORMER_RENAMES = {"lm_head.layer_norm.": "lm_head.LayerNorm.", "lm_head.bias": "lm_head.decoder.bias"}
+LONGFORMER_HEAD_PREFIXES = ("longformer.", "lm_head.", "classifier.", "qa_outputs.")
+
+
+def longformer_config_from_hf(hf: dict) -> longformer.LongformerConfig:
+    head = _architecture_head(hf, "Longformer", LONGFORMER_ARCHITECTURE_HEADS, default="Model")
+    defaults = longformer.LongformerConfig()
+    n_layer, n_head = hf["num_hidden_layers"], hf["num_attention_heads"]
+    # transformers has no dilation; the original Longformer configs give one int a layer (or one for all).
+    dilation = hf.get("attention_dilation")
+    if isinstance(dilation, int):
+        dilation = [dilation] * n_layer
+    if dilation is not None:
+        dilation = [[d] * n_head if isinstance(d, int) else d for d in dilation]
+    return longformer.LongformerConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        intermediate_size=hf["intermediate_size"],
+        hidden_act=hf.get("hidden_act", defaults.hidden_act),
+        max_position_embeddings=hf.get("max_position_embeddings", defaults.max_position_embeddings),
+        type_vocab_size=hf.get("type_vocab_size", defaults.type_vocab_size),
+        layer_norm_eps=hf.get("layer_norm_eps", defaults.layer_norm_eps),
+        pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else defaults.pad_token_id,
+        sep_token_id=hf.get("sep_token_id") if hf.get("sep_token_id") is not None else defaults.sep_token_id,
+        attention_window=hf.get("attention_window", longformer.DEFAULT_WINDOW),
+        attention_dilation=dilation,
+        head=head,
+        num_labels=hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
+        initializer_range=hf.get("initializer_range", defaults.initializer_range),
+    )
+
+
+def longformer_convert_state_dict(sd: dict[str, torch.Tensor], cfg: longformer.LongformerConfig) -> dict:
+    """Give a bare model's keys the `longformer.` prefix and rename the LM head's LayerNorm and bias."""
+    out = {}
+    for key, value in sd.items():
+        k = key if key.startswith(LONGFORMER_HEAD_PREFIXES) else "longformer." + key
+        if k.endswith(("embeddings.position_ids", "embeddings.token_type_ids")):
+            continue  # buffers, not weights
+        out[_rename_prefix(k, LONGFORMER_RENAMES)] = value.contiguous()
+    word = out.get("longformer.embeddings.word_embeddings.weight")
+    if cfg.head == "masked-lm" and word is not None:  # the decoder is tied to the word embeddings, saved as them
+        out.setdefault("lm_head.decoder.weight", word)
+    return out
+
+
 FAMILIES = {
     # model_type -> (family, config builder, state-dict converter, model class)
     "gpt2": ("gpt", gpt_config_from_hf, gpt_convert_state_dict, gpt.GPT),
     "openai-gpt": ("gpt", gpt_config_from_hf, gpt_convert_state_dict, gpt.GPT),
+    **{t: ("bert", bert_config_from_hf, bert_convert_state_dict, bert.Bert) for t in BERT_PREFIXES},
+    "transfo-xl": ("transfo_xl", transfo_xl_config_from_hf, transfo_xl_convert_state_dict, transfo_xl.TransfoXL),
+    "longformer": ("longformer", longformer_config_from_hf, longformer_convert_state_dict, longformer.Longformer),
 }
 
 

@@ -21,6 +21,13 @@ class LayerNorm32(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
+class Linear32(nn.Linear):
+    """A head projection that stays fp32 in every precision (the logits contract); returns fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight, self.bias)
+
+
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU used by GPT-1, GPT-2 and BERT's `gelu_new`."""
     return F.gelu(x, approximate="tanh")
@@ -57,14 +64,38 @@ def masked_softmax_attention(
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [batch, heads, q_len, k_len]
     scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
-    probs = torch.softmax(scores, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v)
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+
+def padding_bias(attention_mask: torch.Tensor) -> torch.Tensor:  # [batch, seq] -> [batch, 1, 1, seq] fp32
+    """The additive form of a key padding mask: 0 for real tokens, the most negative fp32 value for padding.
+
+    Written as (1 - mask) * min, the shape ONNX Runtime's attention fusion recognises in BERT-like graphs.
+    """
+    return (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).float()) * torch.finfo(torch.float32).min
+
+
+def biased_softmax_attention(
+    q: torch.Tensor,  # [batch, heads, q_len, head_dim]
+    k: torch.Tensor,  # [batch, heads, k_len, head_dim]
+    v: torch.Tensor,  # [batch, heads, k_len, head_dim]
+    bias: torch.Tensor,  # fp32, broadcastable to [batch, heads, q_len, k_len]
+) -> torch.Tensor:  # [batch, heads, q_len, head_dim]
+    """Dot-product attention scaled by 1/sqrt(head_dim) with an additive bias (see padding_bias); softmax in fp32.
+
+    The scores are divided by sqrt(head_dim) and the scaled scores come before the bias in the Add: ONNX
+    Runtime's attention fusion matches MatMul -> Div -> Add(mask) and takes the Add's first Mul-typed input
+    as the mask, without trying the other.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias  # [batch, heads, q_len, k_len]
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """[batch, seq, n_head * head_dim] -> [batch, n_head, seq, head_dim]"""
-    b, s, _ = x.shape
-    return x.view(b, s, n_head, -1).transpose(1, 2)
+    b, s, width = x.shape
+    # An explicit head size (not -1) makes it a constant in the graph, where ONNX Runtime's fusions read it.
+    return x.view(b, s, n_head, width // n_head).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

@@ -138,9 +138,20 @@ class Artifact:
     def limits(self) -> dict:
         return self.manifest.get("limits", {})
 
+    @property
+    def padding_side(self) -> str:
+        return self.manifest.get("padding_side", "left")
+
+    def graph_name(self, which: str = "default") -> str:
+        """Which ONNX graph `which` means: "default" is the most processed one (int8, optimized, plain)."""
+        models = self.manifest["models"]
+        if which != "default":
+            return which
+        return next(k for k in ("int8", "optimized", "plain") if k in models)
+
     def model_path(self, which: str = "default") -> Path:
         models = self.manifest["models"]
-        name = models.get(which) if which != "default" else models.get("optimized") or models["plain"]
+        name = models.get(self.graph_name(which))
         if name is None:
             raise ArtifactError(f"{self.path} has no {which!r} model; it has {sorted(models)}")
         return self.path / name

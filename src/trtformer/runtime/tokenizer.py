@@ -8,7 +8,7 @@ from ..errors import ArtifactError, require
 
 
 def load_tokenizer(directory: Path | None):
-    """tokenizer.json, or GPT-2's vocab.json + merges.txt (byte-level BPE)."""
+    """tokenizer.json, GPT-2's vocab.json + merges.txt (byte-level BPE), or BERT's vocab.txt (WordPiece)."""
     if directory is None:
         raise ArtifactError("the artifact has no tokenizer files", hint="pass token ids with --prompt-ids, or export from a checkpoint directory that has tokenizer files")
     tk = require("tokenizers", "hf", "text prompts")
@@ -20,4 +20,19 @@ def load_tokenizer(directory: Path | None):
         tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = tk.decoders.ByteLevel()
         return tok
-    raise ArtifactError(f"{directory} has neither tokenizer.json nor vocab.json + merges.txt")
+    wordpiece = directory / "vocab.txt"
+    if wordpiece.is_file():  # BERT-style checkpoints without tokenizer.json
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        return BertWordPieceTokenizer(str(wordpiece), lowercase=_lowercase(directory))
+    raise ArtifactError(f"{directory} has neither tokenizer.json, vocab.json + merges.txt, nor vocab.txt")
+
+
+def _lowercase(directory: Path) -> bool:
+    import json
+
+    cfg = directory / "tokenizer_config.json"
+    try:
+        return bool(json.loads(cfg.read_text()).get("do_lower_case", True)) if cfg.is_file() else True
+    except ValueError:
+        return True

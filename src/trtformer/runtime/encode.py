@@ -1,0 +1,120 @@
+"""Encoders (BERT family, Longformer) over ragged batches: padding, masks, batching, named outputs.
+
+`encode` takes sequences of different lengths, runs them in batches of `batch_size` (each padded to its own
+longest sequence, on the side the model pads), and returns every output of the model under its manifest
+name. Outputs with a sequence axis come back padded to the longest sequence overall, with zeros at padding
+positions, beside the `attention_mask` that says which positions are real.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_DIMS = ("seq",)
+
+
+@dataclass
+class EncodeResult:
+    outputs: dict[str, np.ndarray]  # manifest output name -> array over all sequences
+    attention_mask: np.ndarray  # [n, longest]: 1 where outputs with a sequence axis hold a real token
+    lengths: list[int]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+
+def _as_rows(name: str, rows) -> list[list[int]]:
+    if isinstance(rows, np.ndarray):
+        if rows.ndim != 2:
+            raise InputError(f"{name} must be a 2-D array [sequences, tokens] or a list of lists, got shape {rows.shape}")
+        rows = rows.tolist()
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence | np.ndarray):
+            raise InputError(f"{name}[{i}] must be a sequence of integers, got {type(row).__name__}")
+        try:
+            out.append([int(t) for t in row])
+        except (TypeError, ValueError):
+            raise InputError(f"{name}[{i}] holds a value that is not an integer") from None
+    return out
+
+
+def pad_batch(rows: list[list[int]], side: str, pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows -> ([n, length] ids, [n, length] mask) with padding on `side`."""
+    length = length or max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_id, np.int64)
+    mask = np.zeros((len(rows), length), np.int64)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask
+
+
+def encode(
+    session: Session,
+    input_ids,
+    token_type_ids=None,
+    batch_size: int = 32,
+    fetch: Sequence[str] | None = None,
+) -> EncodeResult:
+    """Run a stateless encoder over `input_ids` (a list of token-id lists of any lengths, or a 2-D array)."""
+    if session.has_state:
+        raise InputError("encode runs stateless encoders; this model carries state (use generate or a stream)")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    rows = _as_rows("input_ids", input_ids)
+    if not rows:
+        raise InputError("input_ids is empty: give at least one sequence")
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise InputError(f"input_ids[{empty[0]}] is empty: every sequence needs at least one token")
+    types = _as_rows("token_type_ids", token_type_ids) if token_type_ids is not None else None
+    if types is not None:
+        if "token_type_ids" not in session.inputs:
+            raise InputError("this model takes no token_type_ids")
+        bad = [i for i, (a, b) in enumerate(zip(rows, types, strict=False)) if len(a) != len(b)]
+        if len(types) != len(rows) or bad:
+            raise InputError(f"token_type_ids must match input_ids row for row; row {bad[0] if bad else len(types)} differs")
+    side = session.artifact.padding_side
+    pad_id = int(session.config.get("pad_token_id") or 0)
+    longest = max(len(r) for r in rows)
+    fetch = list(fetch) if fetch is not None else list(session.outputs)
+    results: dict[str, list[np.ndarray]] = {n: [] for n in fetch}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ids, mask = pad_batch(chunk, side, pad_id)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in session.inputs:
+            feeds["token_type_ids"] = pad_batch(types[start : start + batch_size], side, 0)[0] if types else np.zeros_like(ids)
+        extra = [n for n in session.stateless_inputs if n not in feeds]
+        if extra:
+            raise InputError(f"encode cannot fill the inputs {extra}; call Session.run with them")
+        log.debug("encode: batch %d-%d, length %d", start, start + len(chunk), ids.shape[1])
+        out = session.run(feeds, fetch)
+        for name in fetch:
+            results[name].append(_to_length(out[name], session.outputs[name]["shape"], mask, longest, side))
+    _, mask_all = pad_batch(rows, side, pad_id, longest)
+    return EncodeResult({n: np.concatenate(v, axis=0) for n, v in results.items()}, mask_all, [len(r) for r in rows])
+
+
+def _to_length(array: np.ndarray, shape: list, mask: np.ndarray, longest: int, side: str) -> np.ndarray:
+    """Zero the padding positions of an output with a sequence axis and pad that axis to `longest`."""
+    axes = [i for i, d in enumerate(shape) if d in SEQUENCE_DIMS]
+    if not axes:
+        return array
+    axis = axes[0]
+    keep = mask.astype(bool).reshape(mask.shape[0], *([1] * (axis - 1)), mask.shape[1], *([1] * (array.ndim - axis - 1)))
+    array = np.where(keep, array, np.zeros((), array.dtype))
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (longest - array.shape[axis], 0) if side == "left" else (0, longest - array.shape[axis])
+    return np.pad(array, widths)
