@@ -28,7 +28,8 @@ def cmd_export(args) -> int:
     from .exporter.export import export
 
     out = export(args.source, args.out, form=args.form, precision=args.precision, opset=args.opset,
-                 overwrite=args.overwrite, reference=not args.no_reference, optimize=args.optimize)
+                 overwrite=args.overwrite, reference=not args.no_reference, optimize=args.optimize,
+                 quantize=args.quantize)
     print(f"exported {args.source} -> {out}")
     return EXIT_OK
 
@@ -65,10 +66,25 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_build(args) -> int:
+    from .engines import build_engine
+
+    result = build_engine(args.artifact, flavor=args.flavor, profile=args.profile, compute_capability=args.compute_capability,
+                          timing_cache=args.timing_cache, rebuild=args.rebuild)
+    r = result.record
+    how = "reused cached" if result.cached else f"built in {result.seconds:.1f} s:"
+    print(f"{how} {result.path} ({r['bytes'] / 1e6:.1f} MB)")
+    print(f"toolkit    {r['flavor']} {r['version']}, compute capability {', '.join(r['compute_capability'])}")
+    print("profile    " + ", ".join(f"{k} {d['min']}:{d['opt']}:{d['max']}" for k, d in r["profiles"][0]["dims"].items()))
+    print(f"from       {r['onnx']} (sha256 {r['onnx_sha256'][:16]}...)")
+    return EXIT_OK
+
+
 def cmd_parity(args) -> int:
     from .parity import check_parity
 
-    report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed)
+    options = {"model": args.graph} if args.backend.startswith("ort") else {}
+    report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed, **options)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -104,6 +120,61 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def read_id_rows(path: str) -> list[list[int]]:
+    """Token ids from a file: .npy (2-D integer array), .json (list of lists), or text with one sequence per
+    line, ids separated by commas or spaces."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p).tolist()
+        if p.suffix == ".json":
+            return json.loads(p.read_text())
+        return [[int(t) for t in line.replace(",", " ").split()] for line in p.read_text().splitlines() if line.strip()]
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read token ids from {path}: {exc}") from exc
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    from .runtime.encode import encode
+    from .runtime.session import Session
+    from .runtime.tokenizer import load_tokenizer
+
+    session = Session.open(args.artifact, backend=args.backend)
+    types = None
+    if args.text:
+        if args.text_pair and len(args.text_pair) != len(args.text):
+            raise InputError(f"--text-pair given {len(args.text_pair)} times, --text {len(args.text)} times; they pair up")
+        tokenizer = load_tokenizer(session.artifact.tokenizer_dir)
+        encodings = [tokenizer.encode(t, *([args.text_pair[i]] if args.text_pair else [])) for i, t in enumerate(args.text)]
+        rows, types = [e.ids for e in encodings], [e.type_ids for e in encodings]
+        if "token_type_ids" not in session.inputs:
+            types = None
+    elif args.input_ids:
+        rows = read_id_rows(args.input_ids)
+        types = read_id_rows(args.token_type_ids) if args.token_type_ids else None
+    else:
+        raise InputError("give token ids with --input-ids FILE or text with --text")
+    result = encode(session, rows, types, batch_size=args.batch_size)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, array in {**result.outputs, "attention_mask": result.attention_mask}.items():
+            np.save(out / f"{name}.npy", array)
+        print(f"wrote {', '.join(sorted(result.outputs))} and attention_mask as .npy to {out}")
+    for name, array in result.outputs.items():
+        line = f"{name:<24} {str(list(array.shape)):<18} {array.dtype}"
+        if name.endswith("logits") and array.ndim >= 2:
+            line += f"  argmax {array.argmax(-1).tolist() if array.ndim == 2 else '(per token, see .npy)'}"
+        print(line)
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     from . import bench
     from .runtime.session import Session
@@ -126,6 +197,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engines.flavors import FLAVOR_CHOICES
     from .runtime.backends import names as backend_names
 
     p = argparse.ArgumentParser(prog="trtformer", description="Export transformers to ONNX / ONNX Runtime / TensorRT and prove parity with PyTorch.")
@@ -133,13 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="export a checkpoint directory or preset to an artifact directory")
-    e.add_argument("source", help="HF checkpoint directory or preset (tiny-gpt2, tiny-openai-gpt, gpt2-small-random)")
+    e.add_argument("source", help="HF checkpoint directory or a preset name (tiny-gpt2, tiny-bert, ...; see README)")
     e.add_argument("-o", "--out", required=True, help="artifact directory to write")
     e.add_argument("--form", default="portable", choices=["portable", "plugin"])
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     e.add_argument("--opset", type=int, default=20)
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     e.add_argument("--optimize", action="store_true", help="add ONNX Runtime's transformer fusions (model.opt.onnx, used by ort-* backends)")
+    e.add_argument("--quantize", choices=["int8-dynamic"], help="add a dynamic int8 graph for CPU (model.int8.onnx, then used by ort-* backends)")
     e.add_argument("--no-reference", action="store_true", help="do not store the torch reference weights (parity then needs them elsewhere)")
     e.set_defaults(func=cmd_export)
 
@@ -149,9 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
     i.set_defaults(func=cmd_info)
 
+    bu = sub.add_parser("build", help="build a TensorRT / TensorRT-RTX engine from an artifact's ONNX into ARTIFACT/engines/")
+    bu.add_argument("artifact", help="artifact directory; the engine goes to ARTIFACT/engines/ and into its manifest")
+    bu.add_argument("--flavor", default="auto", choices=FLAVOR_CHOICES,
+                    help="auto: full TensorRT where it is installed and a GPU is visible, else TensorRT-RTX")
+    bu.add_argument("--profile", nargs="+", action="extend", metavar="NAME=MIN:OPT:MAX",
+                    help="override one dim's range (or NAME=N to fix it), e.g. batch=1:4:32 past=0:256:1023")
+    bu.add_argument("--compute-capability", nargs="+", action="extend", metavar="CC",
+                    help="TensorRT-RTX targets such as 8.6 12.0, or current (default: all it knows but 7.5)")
+    bu.add_argument("--timing-cache", type=Path, metavar="PATH", help="read and update this timing cache (full TensorRT)")
+    bu.add_argument("--rebuild", action="store_true", help="build even when an engine with the same inputs is cached")
+    bu.set_defaults(func=cmd_build)
+
     pa = sub.add_parser("parity", help="compare a backend with the torch reference")
     pa.add_argument("artifact")
     pa.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    pa.add_argument("--graph", default="default", choices=["default", "plain", "optimized", "int8"],
+                    help="which ONNX graph of the artifact an ort-* backend runs (default: int8, else optimized, else plain)")
     pa.add_argument("--decode-steps", type=int, default=16)
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", help="also write the report here (it always goes to ARTIFACT/parity.json)")
@@ -170,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     g.add_argument("--backend", default="ort-cpu", choices=backend_names())
     g.set_defaults(func=cmd_generate)
+
+    en = sub.add_parser("encode", help="run an encoder (BERT family) over token ids or text")
+    en.add_argument("artifact")
+    en.add_argument("--input-ids", help="token ids: .npy, .json (list of lists) or text with one sequence per line")
+    en.add_argument("--token-type-ids", help="segment ids in the same layout as --input-ids")
+    en.add_argument("--text", action="append", help="text, encoded with the artifact's tokenizer (repeatable)")
+    en.add_argument("--text-pair", action="append", help="second segment for each --text (NSP, QA)")
+    en.add_argument("--batch-size", type=int, default=32)
+    en.add_argument("--out", help="directory for one .npy per output (default: print shapes only)")
+    en.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    en.set_defaults(func=cmd_encode)
 
     b = sub.add_parser("bench", help="decode latency per token and tokens/s")
     b.add_argument("artifact")

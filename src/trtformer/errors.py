@@ -46,6 +46,12 @@ class BackendError(TrtformerError):
     """An unknown backend, or one that cannot run on this machine."""
 
 
+class EngineError(TrtformerError):
+    """A TensorRT engine that cannot be built, or a stored one that does not match the artifact or toolkit."""
+
+    default_hint = "rebuild it with `trtformer build ARTIFACT`"
+
+
 class DependencyError(TrtformerError, ImportError):
     """An optional dependency that the chosen feature needs is not installed."""
 

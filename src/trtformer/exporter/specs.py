@@ -115,7 +115,7 @@ def gpt_spec(model) -> IOSpec:
                 inputs.append(TensorSpec(f"past.{i}.{part}", dtype, kv))
                 outputs.append(TensorSpec(f"present.{i}.{part}", dtype, present))
                 state.append(StatePair(f"past.{i}.{part}", f"present.{i}.{part}", 2, "kv-cache"))
-        dims["past"] = DimSpec(0, cfg.n_positions - 1, 128, "cached tokens")
+        dims["past"] = DimSpec(0, cfg.n_positions - 1, min(128, cfg.n_positions - 1), "cached tokens")
         return IOSpec(inputs, outputs, state, dims, {"past + seq": cfg.n_positions})
     if cfg.head == "sequence-classification":
         inputs = [ids, TensorSpec("attention_mask", "int64", ("batch", "seq"), (0, 1))]
@@ -176,9 +176,10 @@ def bert_spec(model) -> IOSpec:
             TensorSpec("prediction_logits", f32, ("batch", "seq", cfg.vocab_size)),
             TensorSpec(second, f32, ("batch", n_second)),
         ]
+    max_seq = cfg.max_position_embeddings - cfg.position_offset
     dims = {
         "batch": DimSpec(1, None, 1, "sequences in the batch"),
-        "seq": DimSpec(1, cfg.max_position_embeddings - cfg.position_offset, 128, "tokens per sequence"),
+        "seq": DimSpec(1, max_seq, min(128, max_seq), "tokens per sequence"),
     }
     return IOSpec(inputs, outputs[cfg.head], [], dims, {"seq": dims["seq"].max}, padding_side="right")
 

@@ -1,0 +1,148 @@
+"""Optimisation profiles: min/opt/max for every dynamic dim, from the manifest plus `NAME=min:opt:max` overrides.
+
+Dims come from `manifest["dims"]`; a dim whose max is None (batch, choices) gets DEFAULT_MAX. Derived dims such
+as "past + seq" take the sums of their parts, clamped to the manifest's `limits`. With the parts clamped
+together, the max corner of a derived dim can be smaller than the sum of its parts' maxima (past 127 and
+seq 128 under a context of 128): each input still gets the full range it can see, and TensorRT checks the real
+shapes at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..errors import ArtifactError, InputError
+from ..runtime.shapes import terms
+
+# Cap for dims the model leaves unbounded (batch). Engine memory grows with every max, and GPT's full-length
+# logits are batch x seq x vocab: 16 keeps GPT-2 small's profile near 3 GiB of outputs. Raise it with --profile.
+DEFAULT_MAX = 16
+OVERRIDE_SYNTAX = "NAME=MIN:OPT:MAX or NAME=N, e.g. batch=1:4:32"
+
+
+def _bad(message: str) -> InputError:
+    return InputError(message, hint="`trtformer info ARTIFACT` lists the dims and limits")
+
+
+@dataclass(frozen=True)
+class DimRange:
+    min: int
+    opt: int
+    max: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    dims: dict[str, DimRange]  # every manifest dim and every derived dim the inputs use
+    shapes: dict[str, dict[str, tuple[int, ...]]]  # input name -> {"min": shape, "opt": shape, "max": shape}
+
+    def to_dict(self) -> dict:
+        return {
+            "dims": {k: v.to_dict() for k, v in self.dims.items()},
+            "inputs": {k: {c: list(s) for c, s in v.items()} for k, v in self.shapes.items()},
+        }
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.dims.items())
+
+
+def parse_override(text: str) -> tuple[str, DimRange]:
+    """'batch=1:4:32' -> ('batch', DimRange(1, 4, 32)); 'batch=4' fixes the dim at 4."""
+    name, sep, values = text.rpartition("=")
+    name = name.strip()
+    parts = values.split(":")
+    if not sep or not name or len(parts) not in (1, 3):
+        raise _bad(f"--profile {text!r} is not {OVERRIDE_SYNTAX}")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise _bad(f"--profile {text!r}: sizes must be integers ({OVERRIDE_SYNTAX})") from None
+    lo, opt, hi = numbers * 3 if len(numbers) == 1 else numbers
+    if lo < 0 or not lo <= opt <= hi:
+        raise _bad(f"--profile {text!r}: sizes must satisfy 0 <= min <= opt <= max")
+    return name, DimRange(lo, opt, hi)
+
+
+def parse_overrides(overrides: Iterable[str] | Mapping[str, DimRange] | None) -> dict[str, DimRange]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    out: dict[str, DimRange] = {}
+    for text in overrides:
+        name, rng = parse_override(text)
+        if name in out:
+            raise _bad(f"--profile sets {name} twice")
+        out[name] = rng
+    return out
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(value, hi))
+
+
+def _base_dims(manifest: dict, overrides: dict[str, DimRange]) -> dict[str, DimRange]:
+    dims, limits = manifest.get("dims", {}), manifest.get("limits", {})
+    out = {}
+    for name, d in dims.items():
+        caps = [v for v in (d["max"], limits.get(name)) if v is not None]
+        top = min(caps) if caps else None
+        if name in overrides:
+            rng = overrides[name]
+            if rng.min < d["min"] or (top is not None and rng.max > top):
+                allowed = f"{d['min']} <= {name} <= {top}" if top is not None else f"{name} >= {d['min']}"
+                raise _bad(f"--profile {name}={rng}: the model accepts {allowed}")
+            out[name] = rng
+        else:
+            hi = top if top is not None else max(DEFAULT_MAX, d["min"])
+            # The manifest's opt is a typical size and may lie outside [min, max] for small models.
+            out[name] = DimRange(d["min"], _clamp(d["opt"], d["min"], hi), hi)
+    return out
+
+
+def _derived(expr: str, base: dict[str, DimRange], limit: int | None) -> DimRange:
+    lo = opt = hi = 0
+    for t in terms(expr):
+        if re.fullmatch(r"-?\d+", t):
+            lo, opt, hi = lo + int(t), opt + int(t), hi + int(t)
+        elif t in base:
+            lo, opt, hi = lo + base[t].min, opt + base[t].opt, hi + base[t].max
+        else:
+            raise ArtifactError(f"the manifest's inputs use the dim {t!r} (in {expr!r}) but its dims do not describe it")
+    if limit is not None:
+        if lo > limit:
+            raise _bad(f"--profile: the minima of {expr} add up to {lo}, above the model's limit {limit}")
+        hi, opt = min(hi, limit), min(opt, limit)
+    return DimRange(lo, opt, hi)
+
+
+def resolve(manifest: dict, overrides: Iterable[str] | Mapping[str, DimRange] | None = None) -> Profile:
+    """The profile for an artifact's inputs: manifest dims, overridden where asked, derived dims from their parts."""
+    wanted = parse_overrides(overrides)
+    inputs = manifest["inputs"]
+    symbols = {d for t in inputs for d in t["shape"] if isinstance(d, str)}
+    for name in wanted:
+        if name not in manifest.get("dims", {}):
+            if name in symbols:
+                parts = " and ".join(t for t in terms(name) if not t.isdigit())
+                raise _bad(f"--profile {name}: it is derived from {parts}; set those instead")
+            known = ", ".join(manifest.get("dims", {})) or "none"
+            raise _bad(f"--profile {name}: the model has no such dim (dims: {known})")
+    dims = _base_dims(manifest, wanted)
+    for expr in sorted(symbols - set(dims)):
+        dims[expr] = _derived(expr, dims, manifest.get("limits", {}).get(expr))
+    shapes = {}
+    for t in inputs:
+        shapes[t["name"]] = {
+            corner: tuple(d if isinstance(d, int) else getattr(dims[d], corner) for d in t["shape"])
+            for corner in ("min", "opt", "max")
+        }
+    return Profile(dims, shapes)

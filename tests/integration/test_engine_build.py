@@ -1,0 +1,340 @@
+"""Engines built ahead of time with TensorRT-RTX on this CPU-only machine: every landed family, the cache, the
+checks at load time, parser and builder failures, and the `trtformer build` command. Running an engine needs a
+GPU, so nothing here deserializes one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from support import manifest
+
+from trtformer.cli import main
+from trtformer.engines import build_engine, flavors, profiles, read_engine
+from trtformer.engines.build import load_timing_cache, save_timing_cache
+from trtformer.errors import ArtifactError, DependencyError, EngineError
+from trtformer.runtime.artifact import SCHEMA_VERSION, file_entries, write_json_atomic
+
+trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'trtformer[tensorrt-rtx]'; CI installs it)")
+
+RTX = "tensorrt-rtx"
+
+
+def copy_of(src: Path, tmp_path: Path) -> Path:
+    """The session artifacts are shared: build into a private copy."""
+    return Path(shutil.copytree(src, tmp_path / src.name))
+
+
+def set_manifest(art: Path, m: dict) -> None:
+    write_json_atomic(art / "manifest.json", m)
+
+
+def snapshot(art: Path) -> dict[str, bytes]:
+    """Every file of the manifest and engines/, hidden temporaries included, by content."""
+    paths = [art / "manifest.json", *sorted((art / "engines").iterdir())]
+    return {p.name: p.read_bytes() for p in paths}
+
+
+# ---------------------------------------------------------------------------------------------- landed families
+
+
+def landed_cases() -> list:
+    """Every family and form with an export spec, in fp32 and fp16. GPT uses the session artifacts (and the GPT-1
+    preset for fp16); a family added later builds from its tiny-<family> preset without a change here."""
+    from trtformer.exporter.export import FUSED_OP_FAMILIES
+    from trtformer.exporter.specs import SPECS
+
+    cases = [
+        pytest.param("gpt2_artifact", id="gpt2-portable-fp32"),
+        pytest.param("gpt2_fp16_artifact", id="gpt2-portable-fp16"),
+        pytest.param("openai_gpt_artifact", id="openai-gpt-portable-fp32"),
+        pytest.param(("tiny-openai-gpt", "portable", "fp16"), id="openai-gpt-portable-fp16"),
+    ]
+    for family in sorted(set(SPECS) - {"gpt"}):
+        for form in ("portable", "plugin") if family in FUSED_OP_FAMILIES else ("portable",):
+            for precision in ("fp32", "fp16"):
+                cases.append(pytest.param((f"tiny-{family}", form, precision), id=f"{family}-{form}-{precision}"))
+    return cases
+
+
+@pytest.mark.parametrize("case", landed_cases())
+def test_every_landed_family_builds_ahead_of_time(case, request, tmp_path):
+    if isinstance(case, str):
+        art = copy_of(request.getfixturevalue(case), tmp_path)
+    else:
+        import trtformer
+
+        preset, form, precision = case
+        art = trtformer.export(preset, tmp_path / "art", form=form, precision=precision, reference=False)
+    before = manifest(art)
+    result = build_engine(art, flavor=RTX)
+
+    assert not result.cached and result.path == art / result.name and result.path.is_file()
+    assert result.name.startswith(f"engines/{RTX}-") and result.name.endswith(".engine")
+    m = manifest(art)
+    r = m["engines"][result.name]
+    assert r["flavor"] == RTX and r["version"] == trt.__version__
+    assert {"8.6", "8.9", "12.0"} <= set(r["compute_capability"]) and "7.5" not in r["compute_capability"]
+    assert r["profiles"] == [profiles.resolve(before).to_dict()]
+    assert r["onnx"] == "model.onnx" and r["onnx_sha256"] == before["files"]["model.onnx"]["sha256"]
+    assert r["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest() and r["bytes"] == result.path.stat().st_size
+    assert r["build_seconds"] < 30  # tiny models build in about half a second here
+    assert {k: v for k, v in m.items() if k != "engines"} == before  # nothing else in the manifest changed
+    assert read_engine(art, flavor=RTX).data == result.path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+
+@pytest.fixture
+def built(tmp_path, gpt2_artifact):
+    """A private GPT-2 copy with one engine for compute capability 8.6."""
+    art = copy_of(gpt2_artifact, tmp_path)
+    return art, build_engine(art, flavor=RTX, compute_capability=["8.6"])
+
+
+def test_a_second_build_reuses_the_engine_and_a_new_profile_adds_one(built):
+    art, first = built
+    stat, before = first.path.stat(), snapshot(art)
+    again = build_engine(art, flavor=RTX, compute_capability=["sm86"])
+    assert again.cached and again.name == first.name and again.record == first.record
+    assert (first.path.stat().st_mtime_ns, first.path.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert snapshot(art) == before
+
+    wider = build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["batch=1:4:32"])
+    assert not wider.cached and wider.name != first.name
+    assert set(manifest(art)["engines"]) == {first.name, wider.name}
+    assert wider.record["profiles"][0]["inputs"]["input_ids"]["max"] == [32, 64]
+    assert read_engine(art, flavor=RTX).name == wider.name  # the newest that matches
+    assert read_engine(art, flavor=RTX, engine=first.name).record == first.record
+
+
+def test_engine_from_another_onnx_fails_to_load_until_rebuilt(built):
+    art, first = built
+    model = onnx.load(art / "model.onnx")
+    weight = model.graph.initializer[0]
+    changed = numpy_helper.to_array(weight).copy()
+    changed.flat[0] += 1
+    weight.CopyFrom(numpy_helper.from_array(changed, weight.name))
+    onnx.save(model, art / "model.onnx")
+    # An ONNX that differs from its manifest entry is refused before any build.
+    with pytest.raises(ArtifactError, match="model.onnx does not match its sha256"):
+        build_engine(art, flavor=RTX)
+    m = manifest(art)
+    m["files"].update(file_entries(art, ["model.onnx"]))
+    set_manifest(art, m)
+
+    with pytest.raises(EngineError, match=r"built from another model.onnx \(sha256 [0-9a-f]{12}\.\.\.\); the artifact's is now"):
+        read_engine(art, flavor=RTX)
+    second = build_engine(art, flavor=RTX, compute_capability=["8.6"])
+    assert not second.cached and second.name != first.name
+    assert read_engine(art, flavor=RTX).name == second.name
+    with pytest.raises(EngineError, match="built from another model.onnx"):
+        read_engine(art, flavor=RTX, engine=first.name)
+
+
+def test_a_build_that_cannot_record_its_engine_leaves_the_artifact_as_it_was(built):
+    art, _ = built
+    before = snapshot(art)
+    # A directory where write_json_atomic puts its temporary file makes the manifest update fail for real.
+    (art / f".manifest.json.tmp-{os.getpid()}").mkdir()
+    for options in ({"profile": ["batch=2"]}, {"rebuild": True}):  # a new engine; a rebuild over the stored one
+        with pytest.raises(EngineError, match="cannot store the engine"):
+            build_engine(art, flavor=RTX, compute_capability=["8.6"], **options)
+        assert snapshot(art) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("flavor", "tensorrt", "was built with TensorRT, not TensorRT-RTX"),
+        ("version", "1.0.0.0", f"was built with TensorRT-RTX 1.0.0.0, but {trt.__version__} is installed"),
+    ],
+)
+def test_engine_from_another_flavor_or_version_fails_to_load(built, field, value, message):
+    art, first = built
+    m = manifest(art)
+    m["engines"][first.name][field] = value
+    set_manifest(art, m)
+    with pytest.raises(EngineError, match=message) as info:
+        read_engine(art, flavor=RTX)
+    assert first.name in str(info.value) and "trtformer build" in info.value.hint
+
+
+def test_engine_for_other_gpus_and_damaged_engines_are_refused(built):
+    art, first = built
+    assert read_engine(art, flavor=RTX, compute_capability="8.6").name == first.name
+    with pytest.raises(EngineError, match="targets compute capability 8.6, not this GPU's 8.9"):
+        read_engine(art, flavor=RTX, compute_capability="8.9")
+    data = bytearray(first.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    first.path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="altered or corrupted"):
+        read_engine(art, flavor=RTX)
+    rebuilt = build_engine(art, flavor=RTX, compute_capability=["8.6"])  # a damaged cache entry is rebuilt
+    assert not rebuilt.cached and read_engine(art, flavor=RTX).data == first.path.read_bytes()
+    with pytest.raises(EngineError, match="has no engine 'engines/nope.engine'"):
+        read_engine(art, flavor=RTX, engine="engines/nope.engine")
+
+
+def test_missing_flavors_are_dependency_errors(tmp_path, gpt2_artifact, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # full TensorRT is absent (as it is here and in CI)
+    with pytest.raises(DependencyError, match="'tensorrt' package") as info:
+        build_engine(copy_of(gpt2_artifact, tmp_path), flavor="tensorrt")
+    assert "trtformer[tensorrt]" in info.value.hint
+    assert flavors.load("auto").name == RTX
+    with pytest.raises(EngineError, match="has no engines"):
+        read_engine(gpt2_artifact)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(DependencyError) as info:
+        flavors.load("auto")
+    assert "trtformer[tensorrt-rtx]" in info.value.hint and "trtformer[tensorrt]" in info.value.hint
+
+
+def test_compute_capability_targets():
+    kit = flavors.load(RTX)
+    known = flavors.rtx_capabilities(trt)
+    assert {"7.5", "8.6", "12.0"} <= set(known)
+    assert flavors.targets(kit).labels == tuple(c for c in known if c != "7.5")
+    assert flavors.targets(kit, ["120", "7.5"]).values == (trt.ComputeCapability.SM75, trt.ComputeCapability.SM120)
+    with pytest.raises(EngineError, match="cannot target compute capability 9.0"):
+        flavors.targets(kit, ["9.0"])
+    device = flavors.device_capability()
+    if device is None:  # CI and this machine
+        with pytest.raises(EngineError, match="'current' needs a visible CUDA GPU"):
+            flavors.targets(kit, ["current"])
+    elif device in known:
+        assert flavors.targets(kit, ["current"]) == flavors.Targets((device,), (trt.ComputeCapability.CURRENT,))
+    else:
+        with pytest.raises(EngineError, match=f"cannot target this GPU \\(compute capability {device}\\)"):
+            flavors.targets(kit, ["current"])
+
+
+def test_engine_package_imports_neither_flavor_nor_torch():
+    code = ("import sys, trtformer.engines, trtformer.engines.loader; "
+            "print([m for m in ('torch', 'onnx', 'tensorrt', 'tensorrt_rtx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+def shape(dim: str) -> list:
+    return [dim, 4, 4]
+
+
+def toy_artifact(root: Path, extra_op: str | None = None) -> Path:
+    """An artifact of y = extra_op(x + z), x [a, 4, 4] and z [b, 4, 4]: tiny, and its dims can be made to clash."""
+    root.mkdir()
+    nodes = [helper.make_node("Add", ["x", "z"], ["s"], name="add")]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["s"], ["y"], name=extra_op.lower()))
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape("a")),
+                                             helper.make_tensor_value_info("z", TensorProto.FLOAT, shape("b"))],
+                              [helper.make_tensor_value_info("y" if extra_op else "s", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.save(model, root / "model.onnx")
+    dim = {"min": 1, "max": None, "opt": 2, "description": ""}
+    set_manifest(root, {
+        "schema_version": SCHEMA_VERSION, "family": "toy", "config": {}, "form": "portable", "precision": "fp32",
+        "opset": 20, "state": [], "models": {"plain": "model.onnx"}, "files": file_entries(root, ["model.onnx"]),
+        "inputs": [{"name": n, "dtype": "float32", "shape": shape(d)} for n, d in (("x", "a"), ("z", "b"))],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": shape("a")}],
+        "dims": {"a": dim, "b": dim}, "limits": {},
+    })
+    (root / "engines").mkdir()
+    return root
+
+
+def test_parser_failure_names_node_op_and_reason(tmp_path, capsys):
+    art = toy_artifact(tmp_path / "det", extra_op="Det")
+    before = snapshot(art)
+    expected = "cannot parse model.onnx: node 'det' (op Det): TensorRT does not support this op [UNSUPPORTED_NODE]"
+    with pytest.raises(EngineError, match=re.escape(expected)):
+        build_engine(art, flavor=RTX)
+    assert main(["build", str(art), "--flavor", RTX]) == 2
+    assert expected in capsys.readouterr().err
+    assert snapshot(art) == before
+
+
+def test_failed_build_leaves_manifest_and_engines_untouched(tmp_path):
+    art = toy_artifact(tmp_path / "toy")
+    first = build_engine(art, flavor=RTX, compute_capability=["8.6"])  # unbounded dims get DEFAULT_MAX
+    assert first.record["profiles"][0]["dims"]["a"] == {"min": 1, "opt": 2, "max": profiles.DEFAULT_MAX}
+    before = snapshot(art)
+    # x + z cannot broadcast when a and b never meet: TensorRT's builder, not trtformer, refuses this profile.
+    with pytest.raises(EngineError, match="failed to build the engine: .*not compatible"):
+        build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["a=2:2:3", "b=5:5:6"])
+    assert snapshot(art) == before
+
+
+# ---------------------------------------------------------------------------------------------- timing cache
+
+
+def test_timing_cache_file_round_trip(tmp_path):
+    """The full-TensorRT timing-cache path, driven through the API TensorRT-RTX shares (where it is a no-op)."""
+    path = tmp_path / "sub" / "timing.cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        config = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
+        load_timing_cache(config, path)  # absent: starts empty
+        save_timing_cache(config, path)
+        saved = path.read_bytes()
+        load_timing_cache(config, path)  # present: read back
+        save_timing_cache(config, path)
+    assert saved and path.read_bytes() == saved and [p.name for p in path.parent.iterdir()] == ["timing.cache"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_build_then_cached(tmp_path, gpt2_artifact, capsys, caplog):
+    art = copy_of(gpt2_artifact, tmp_path)
+    cache = tmp_path / "timing.cache"
+    argv = ["build", art, "--flavor", RTX, "--profile", "batch=1:2:4", "past=0:8:63", "--compute-capability", "8.6", "12.0"]
+    code, out, _ = run(capsys, *argv, "--timing-cache", cache)
+    assert code == 0 and out.startswith("built in") and "compute capability 8.6, 12.0" in out
+    assert "batch 1:2:4, seq 1:1:64, past 0:8:63, past + seq 1:9:64" in out
+    assert "ignores timing caches" in caplog.text and not cache.exists()
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.startswith("reused cached")
+    code, out, _ = run(capsys, *argv, "--rebuild")
+    assert code == 0 and out.startswith("built in") and len(manifest(art)["engines"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--profile", "batch=4:2:1"], "0 <= min <= opt <= max"),
+        (["--profile", "batch:1:2:4"], "is not NAME=MIN:OPT:MAX"),
+        (["--profile", "heads=1:1:1"], "no such dim"),
+        (["--profile", "seq=1:1:1000"], "accepts 1 <= seq <= 64"),
+        (["--compute-capability", "9.0"], "cannot target compute capability 9.0"),
+        (["--compute-capability", "ampere"], "is not like 8.6"),
+        (["--flavor", "tensorrt"], "'tensorrt' package"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, gpt2_artifact, capsys, monkeypatch, extra, message):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    art = copy_of(gpt2_artifact, tmp_path)
+    code, out, err = run(capsys, "build", art, *extra)
+    assert code == 2 and out == "" and message in err and "hint:" in err
+    assert err.count("\n") == 1 and list((art / "engines").iterdir()) == []
+
