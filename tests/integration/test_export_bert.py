@@ -204,3 +204,14 @@ def test_cli_parity_names_graph_and_criterion(trained_int8, tmp_path):
     report = json.loads((tmp_path / "p.json").read_text())
     assert code == 0 and report["graph"] == "optimized" and report["criterion"] == "tolerance"
     assert "ort-cpu:optimized" in json.loads((art / "parity.json").read_text())
+
+
+def test_artifact_modes_follow_the_umask(exported):
+    import os
+    import stat
+
+    _, art = exported("bert", "Model")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(art.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((art / "reference.safetensors").stat().st_mode) == 0o666 & ~umask

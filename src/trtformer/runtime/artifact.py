@@ -45,6 +45,7 @@ def atomic_directory(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        share_like_umask(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             dest.rename(old)
@@ -55,6 +56,16 @@ def atomic_directory(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def share_like_umask(root: Path) -> None:
+    """Give `root` and everything in it the modes a plain mkdir/open would: mkdtemp makes the directory 0700
+    and some writers (safetensors) files 0600, which would hide an artifact from the service meant to run it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_json_atomic(path: Path, data) -> None:
