@@ -1,0 +1,1 @@
+"""The attention math of the fused ops as torch custom ops: one eager reference implementation each."""
