@@ -44,8 +44,11 @@ def cmd_info(args) -> int:
         return EXIT_OK
     cfg = m["config"]
     print(f"artifact   {art.path}")
-    print(f"family     {m['family']} ({cfg.get('variant', '')} {cfg.get('head', '')}), from {m.get('source')}")
+    kind = " ".join(v for v in (cfg.get("variant"), cfg.get("head")) if v)
+    print(f"family     {m['family']}{f' ({kind})' if kind else ''}, from {m.get('source')}")
     print(f"form       {m['form']}, precision {m['precision']}, opset {m['opset']}, graphs {m['models']}")
+    if m.get("plugins"):
+        print("plugins    " + ", ".join(f"{p['domain']}::{p['name']} x{p['nodes']} (plugin version {p['plugin_version']})" for p in m["plugins"]))
     if m.get("fusions"):
         print("fusions    " + ", ".join(f"{k} x{v}" for k, v in m["fusions"].items()))
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
@@ -84,7 +87,8 @@ def cmd_parity(args) -> int:
     from .parity import check_parity
 
     options = {"model": args.graph} if args.backend.startswith("ort") else {}
-    report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed, **options)
+    report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed,
+                          segments=args.segments, **options)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -175,6 +179,31 @@ def cmd_encode(args) -> int:
     return EXIT_OK
 
 
+def read_token_stream(path: str) -> list[int]:
+    """One long sequence from a token file (any layout read_id_rows takes; lines follow each other)."""
+    rows = read_id_rows(path)
+    tokens = [t for row in rows for t in (row if isinstance(row, list) else [row])]
+    bad = next((t for t in tokens if not isinstance(t, int) or isinstance(t, bool)), None)
+    if bad is not None:
+        raise InputError(f"{path} holds {bad!r}, which is not a token id")
+    return tokens
+
+
+def cmd_stream(args) -> int:
+    from .runtime.session import Session
+    from .runtime.stream import log_likelihood
+
+    tokens = read_token_stream(args.tokens)
+    session = Session.open(args.artifact, backend=args.backend)
+    result = log_likelihood(session, tokens, args.seg_len)
+    print(f"tokens      {result.tokens} ({result.scored} scored: each given the ones before it)")
+    print(f"segments    {result.segments} of up to {result.segment_length} tokens, memory carried on {session.name}")
+    print(f"nll         {result.nll:.4f} nats/token")
+    print(f"perplexity  {result.perplexity:.2f}")
+    print(f"speed       {result.ms_per_segment:.2f} ms/segment")
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     from . import bench
     from .runtime.session import Session
@@ -240,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--graph", default="default", choices=["default", "plain", "optimized", "int8"],
                     help="which ONNX graph of the artifact an ort-* backend runs (default: int8, else optimized, else plain)")
     pa.add_argument("--decode-steps", type=int, default=16)
+    pa.add_argument("--segments", type=int, default=8, help="consecutive segments with memory carried (Transformer-XL)")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", help="also write the report here (it always goes to ARTIFACT/parity.json)")
     pa.set_defaults(func=cmd_parity)
@@ -268,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", help="directory for one .npy per output (default: print shapes only)")
     en.add_argument("--backend", default="ort-cpu", choices=backend_names())
     en.set_defaults(func=cmd_encode)
+
+    st = sub.add_parser("stream", help="log-likelihood and perplexity of a long sequence, segment by segment (Transformer-XL)")
+    st.add_argument("artifact")
+    st.add_argument("--tokens", required=True, help="token ids: .npy, .json or text (lines are one sequence, in order)")
+    st.add_argument("--seg-len", type=int, help="tokens per segment (default: the model's memory length)")
+    st.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    st.set_defaults(func=cmd_stream)
 
     b = sub.add_parser("bench", help="decode latency per token and tokens/s")
     b.add_argument("artifact")

@@ -1,21 +1,25 @@
 """Parity: any backend against the torch reference, on generated cases.
 
 Cases cover several batch sizes and lengths with left padding (full forwards), and for models with state,
-incremental decoding carried over many steps compared with full recomputation at every step. Each output
-gets max abs, max rel, cosine and pass/fail against tolerances that depend on the artifact's precision.
+incremental decoding carried over many steps compared with full recomputation at every step (KV cache), or
+many consecutive segments with the memory carried on both sides (Transformer-XL). Each output gets max abs,
+max rel, cosine and pass/fail against tolerances that depend on the artifact's precision.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .runtime import shapes
 from .runtime.artifact import write_json_atomic
 from .runtime.session import Session
+from .runtime.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Comparison:
     criterion: str = "tolerance"  # tolerance | cosine | argmax | sign
     agreement: float | None = None  # fraction of predictions that agree (argmax, sign)
     samples: int | None = None  # predictions compared
+    growth: float | None = None  # error of the last segments over the first (segment cases)
 
 
 def compare(case: str, name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance, valid: np.ndarray | None = None) -> Comparison:
@@ -164,9 +169,9 @@ class ParityReport:
         else:
             rule = f"atol {self.tolerance.atol}, rtol {self.tolerance.rtol}, cosine >= {self.tolerance.min_cosine}"
         rows = [f"parity of {self.backend} ({self.graph} graph) vs torch reference ({self.precision}; {rule})"]
-        rows.append(f"{'case':<28} {'output':<24} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'agree':>8}  result")
+        rows.append(f"{'case':<28} {'output':<24} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'agree|x':>8}  result")
         for c in self.comparisons:
-            agree = f"{c.agreement:>8.4f}" if c.agreement is not None else f"{'':>8}"
+            agree = f"{c.agreement:>8.4f}" if c.agreement is not None else f"{c.growth:>7.2f}x" if c.growth is not None else f"{'':>8}"
             result = "info" if c.passed is None else "pass" if c.passed else "FAIL"
             rows.append(f"{c.case:<28} {c.output:<24} {c.max_abs:>10.2e} {c.max_rel:>10.2e} {c.cosine:>10.6f} {agree}  {result}")
         judged = [c for c in self.comparisons if c.passed is not None]
@@ -181,7 +186,7 @@ class ParityReport:
 def padded_feeds(session: Session, batch: int, seq: int, pad: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random stateless inputs; with pad=True each row but the first is padded by a random amount, on the
     side the model pads (left for decoders, right for encoders)."""
-    sizes = {"batch": batch, "seq": seq, "past": 0, "choices": 2}
+    sizes = {"batch": batch, "seq": seq, "seg": seq, "past": 0, "mem": 0, "choices": 2}
     left = session.artifact.padding_side == "left"
     feeds = {}
     for name in session.stateless_inputs:
@@ -239,6 +244,7 @@ def full_forward_cases(session: Session, reference: Session, tol: Tolerance | Ag
     out = []
     for batch, seq, pad in AGREEMENT_CASES if isinstance(tol, Agreement) else FORWARD_CASES:
         seq = min(seq, limit)
+        pad = pad and "attention_mask" in session.inputs  # Transformer-XL has no padding
         feeds = padded_feeds(session, batch, seq, pad, rng)
         case = f"forward b{batch} s{seq}{' padded' if pad else ''}"
         if session.has_state:
@@ -283,7 +289,47 @@ def decode_cases(session: Session, reference: Session, tol: Tolerance, rng, step
     return out
 
 
-def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: int = 16, seed: int = 0, write: bool = True, **backend_options) -> ParityReport:
+# Error that moves within rounding noise between segments is no growth: up to this factor between the mean of the
+# last half of the segments and the first half, or any factor while every error stays below a tenth of atol.
+GROWTH_LIMIT = 4.0
+
+
+def error_growth(name: str, rows: list[Comparison], tol: Tolerance, ref_peak: float) -> Comparison:
+    """One row for how `name`'s error moves over the segments: the last half's mean max abs over the first half's."""
+    errors = np.array([c.max_abs for c in rows])
+    half = len(errors) // 2
+    first, last = errors[:half].mean(), errors[-half:].mean()
+    growth = float(last / first) if first > 0 else (1.0 if last == 0 else float("inf"))
+    negligible = errors.max() <= 0.1 * tol.atol * (max(1.0, ref_peak) if tol.atol_scales_with_peak else 1.0)
+    case = f"growth {len(rows) - half + 1}-{len(rows)} / 1-{half}"
+    return Comparison(case, name, rows[-1].shape, float(errors[-1]), rows[-1].max_rel, min(c.cosine for c in rows),
+                      growth <= GROWTH_LIMIT or bool(negligible), "growth", growth=growth)
+
+
+def segment_cases(session: Session, reference: Session, tol: Tolerance, rng, segments: int) -> list[Comparison]:
+    """`segments` consecutive segments, the memory carried on the backend and on the reference each on its own:
+    every segment's head output and new memories (all layers in one row) compared, then the error's growth."""
+    if segments < 2:
+        raise InputError(f"the segment case needs at least 2 segments to see how the error moves, got {segments}")
+    streams = Stream(session, batch=2), Stream(reference, batch=2)
+    seg = min(64, (streams[0].memory_limit or 15) // 3 + 1)  # the memory fills in a few segments, then slides
+    memories = [p["output"] for p in session.state_pairs.values()]
+    label = os.path.commonprefix(memories) + "*" if len(memories) > 1 else memories[0]  # new_mems.*
+    rows: dict[str, list[Comparison]] = {}
+    peaks: dict[str, float] = {}
+    for k in range(segments):
+        ids = padded_feeds(session, 2, seg, False, rng)["input_ids"]
+        case = f"segment {k + 1} ({streams[0].memory_length}+{seg} rows)"
+        got, want = ({s.head: s.feed(ids), label: np.stack(list(s.memory().values()))} for s in streams)
+        for name in got:
+            rows.setdefault(name, []).append(compare(case, name, got[name], want[name], tol))
+            peaks[name] = max(peaks.get(name, 0.0), float(np.abs(want[name]).max()))
+    out = [c for k in range(segments) for name in rows for c in [rows[name][k]]]
+    return out + [error_growth(name, mine, tol, peaks[name]) for name, mine in rows.items()]
+
+
+def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: int = 16, seed: int = 0, write: bool = True,
+                 segments: int = 8, **backend_options) -> ParityReport:
     """Compare `backend` with the torch reference on generated cases; record the report in parity.json."""
     session = Session.open(artifact, backend=backend, **backend_options)
     reference = Session.open(artifact, backend="torch", verify=False)
@@ -297,9 +343,13 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
     report.comparisons += full_forward_cases(session, reference, tol, rng)
     if quantized:
         report.comparisons += pooled_agreement(report.comparisons, tol)
-    if session.has_state:
+    kinds = {p["kind"] for p in session.state_pairs.values()}
+    if "kv-cache" in kinds:
         log.info("parity: %d decode steps with state on %s", decode_steps, backend)
         report.comparisons += decode_cases(session, reference, tol, rng, decode_steps)
+    if "memory" in kinds and not quantized:
+        log.info("parity: %d segments with memory on %s", segments, backend)
+        report.comparisons += segment_cases(session, reference, tol, rng, segments)
     if write:
         path = Path(artifact) / "parity.json"
         try:

@@ -49,7 +49,8 @@ def snapshot(art: Path) -> dict[str, bytes]:
 
 def landed_cases() -> list:
     """Every family and form with an export spec, in fp32 and fp16. GPT uses the session artifacts (and the GPT-1
-    preset for fp16); a family added later builds from its tiny-<family> preset without a change here."""
+    preset for fp16); a family added later builds from its tiny-<family> preset (transfo_xl: tiny-transfo-xl)
+    without a change here."""
     from trtformer.exporter.export import FUSED_OP_FAMILIES
     from trtformer.exporter.specs import SPECS
 
@@ -62,7 +63,8 @@ def landed_cases() -> list:
     for family in sorted(set(SPECS) - {"gpt"}):
         for form in ("portable", "plugin") if family in FUSED_OP_FAMILIES else ("portable",):
             for precision in ("fp32", "fp16"):
-                cases.append(pytest.param((f"tiny-{family}", form, precision), id=f"{family}-{form}-{precision}"))
+                preset = f"tiny-{family.replace('_', '-')}"
+                cases.append(pytest.param((preset, form, precision), id=f"{family}-{form}-{precision}"))
     return cases
 
 

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 trt_log = logging.getLogger("trtformer.engines.trt")
 
 # TensorRT warnings that every build of these graphs raises and that need no action: int64 inputs (token ids,
-# masks) bind as int64, and a derived dim's max corner is clamped below the sum of its parts (see profiles.py).
-BENIGN_WARNINGS = ("has Int64 binding", "Profile kMAX values are not self-consistent")
+# masks) bind as int64, a derived dim's max corner is clamped below the sum of its parts (see profiles.py), and
+# a local function inlined once per call repeats its node names (the plugin form).
+BENIGN_WARNINGS = ("has Int64 binding", "Profile kMAX values are not self-consistent",
+                   "the output tensors of this new instance will not be queryable")
 PROGRESS_EVERY_S = 10.0
 
 

@@ -1,20 +1,19 @@
 """Optimisation profiles: min/opt/max for every dynamic dim, from the manifest plus `NAME=min:opt:max` overrides.
 
 Dims come from `manifest["dims"]`; a dim whose max is None (batch, choices) gets DEFAULT_MAX. Derived dims such
-as "past + seq" take the sums of their parts, clamped to the manifest's `limits`. With the parts clamped
-together, the max corner of a derived dim can be smaller than the sum of its parts' maxima (past 127 and
-seq 128 under a context of 128): each input still gets the full range it can see, and TensorRT checks the real
-shapes at run time.
+as "past + seq" or "min(16, mem + seg)" follow their parts (sums and minima grow with them), clamped to the
+manifest's `limits`. With the parts clamped together, the max corner of a derived dim can be smaller than the
+sum of its parts' maxima (past 127 and seq 128 under a context of 128): each input still gets the full range it
+can see, and TensorRT checks the real shapes at run time.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import ArtifactError, InputError
-from ..runtime.shapes import terms
+from ..runtime import shapes as expressions
 
 # Cap for dims the model leaves unbounded (batch). Engine memory grows with every max, and GPT's full-length
 # logits are batch x seq x vocab: 16 keeps GPT-2 small's profile near 3 GiB of outputs. Raise it with --profile.
@@ -109,14 +108,11 @@ def _base_dims(manifest: dict, overrides: dict[str, DimRange]) -> dict[str, DimR
 
 
 def _derived(expr: str, base: dict[str, DimRange], limit: int | None) -> DimRange:
-    lo = opt = hi = 0
-    for t in terms(expr):
-        if re.fullmatch(r"-?\d+", t):
-            lo, opt, hi = lo + int(t), opt + int(t), hi + int(t)
-        elif t in base:
-            lo, opt, hi = lo + base[t].min, opt + base[t].opt, hi + base[t].max
-        else:
-            raise ArtifactError(f"the manifest's inputs use the dim {t!r} (in {expr!r}) but its dims do not describe it")
+    unknown = [t for t in expressions.symbols(expr) if t not in base]
+    if unknown:
+        raise ArtifactError(f"the manifest's inputs use the dim {unknown[0]!r} (in {expr!r}) but its dims do not describe it")
+    # Sums and min() both grow with their parts, so each corner of the expression is the expression of the corners.
+    lo, opt, hi = (expressions.evaluate(expr, {k: getattr(r, corner) for k, r in base.items()}) for corner in ("min", "opt", "max"))
     if limit is not None:
         if lo > limit:
             raise _bad(f"--profile: the minima of {expr} add up to {lo}, above the model's limit {limit}")
@@ -132,7 +128,7 @@ def resolve(manifest: dict, overrides: Iterable[str] | Mapping[str, DimRange] | 
     for name in wanted:
         if name not in manifest.get("dims", {}):
             if name in symbols:
-                parts = " and ".join(t for t in terms(name) if not t.isdigit())
+                parts = " and ".join(expressions.symbols(name))
                 raise _bad(f"--profile {name}: it is derived from {parts}; set those instead")
             known = ", ".join(manifest.get("dims", {})) or "none"
             raise _bad(f"--profile {name}: the model has no such dim (dims: {known})")

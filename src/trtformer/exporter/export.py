@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import ExportError, TrtformerError
 from ..models import LoadedModel, load_model
 from ..runtime.artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, file_entries, write_json_atomic
+from . import translations
 from .precision import PRECISIONS, apply_precision, fp32_heads
 from .quantize import QUANTIZATIONS, quantize_graph
 from .specs import IOSpec, example_inputs, flatten, spec_for
@@ -27,8 +28,9 @@ FORMS = ("portable", "plugin")
 DEFAULT_OPSET = 20
 # onnx 1.23 writes IR 14; the onnxruntime releases in use read up to IR 10 for opset <= 21.
 IR_VERSION = 10
-# Families whose graphs contain fused ops (and so differ between the portable and plugin forms).
-FUSED_OP_FAMILIES: set[str] = set()
+# Families whose graphs contain fused ops (and so differ between the portable and plugin forms); their ops'
+# ONNX is in translations.py.
+FUSED_OP_FAMILIES: set[str] = {"transfo_xl"}
 # Above this the graph is saved with external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -84,25 +86,42 @@ def summarize(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: int) -> onnx.ModelProto:
+def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: int, form: str = "portable") -> tuple[onnx.ModelProto, list[dict]]:
+    """The model's ONNX, and the manifest's records of the plugin-form custom ops in it."""
     wrapper = flatten(loaded.family, model, spec).eval()
     example = example_inputs(spec, export_sizes(spec))
     args = tuple(example[n] for n in spec.input_names)
+    dims = (tuple(dynamic_shapes(spec)),)  # forward(*tensors)
     captured = io.StringIO()
     t0 = time.perf_counter()
+    plugins: list[dict] = []
     try:
         # torch.onnx prints progress to stdout; the library logs instead.
         with torch.no_grad(), contextlib.redirect_stdout(captured):
+            target, table, calls = wrapper, None, {}
+            if loaded.family in FUSED_OP_FAMILIES:
+                # Fused ops stay single nodes in the traced program until the form decides their ONNX.
+                target = torch.export.export(wrapper, args, dynamic_shapes=dims, strict=False)
+                if form == "portable":
+                    target = translations.decompose(target)
+                else:
+                    calls = translations.plugin_calls(target)
+                    table = translations.onnx_table(calls)
             program = torch.onnx.export(
-                wrapper,
+                target,
                 args,
                 input_names=spec.input_names,
                 output_names=spec.output_names,
-                dynamic_shapes=(tuple(dynamic_shapes(spec)),),  # forward(*tensors)
+                dynamic_shapes=dims,
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
+                custom_translation_table=table,
             )
+            proto = program.model_proto
+            plugins = translations.attach_functions(proto, calls, opset)
+    except TrtformerError:
+        raise
     except Exception as exc:  # torch raises many types here; the user needs to know which step failed
         log.debug("torch.onnx.export failed", exc_info=True)
         raise ExportError(f"torch.onnx.export failed for {loaded.source}: {summarize(exc)}") from exc
@@ -110,10 +129,9 @@ def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: in
         for line in captured.getvalue().splitlines():
             log.debug("torch.onnx: %s", line)
     log.info("traced and converted in %.1f s", time.perf_counter() - t0)
-    proto = program.model_proto
     proto.ir_version = IR_VERSION
     fix_graph_signature(proto, spec)
-    return proto
+    return proto, plugins
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path) -> list[str]:
@@ -127,9 +145,9 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> list[str]:
 
 
 def save_reference(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    save_model(model, str(path))  # stores a tied parameter (Transformer-XL's embeddings and softmax) once
 
 
 def versions() -> dict[str, str]:
@@ -183,7 +201,7 @@ def export(
     model = apply_precision(loaded.model, precision)
     spec = spec_for(loaded.family, model)
     log.info("exporting %s (%s, %s, %s, opset %d)", loaded.source, loaded.family, form, precision, opset)
-    proto = to_onnx(loaded, model, spec, opset)
+    proto, plugins = to_onnx(loaded, model, spec, opset, form)
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
             written = save_onnx(proto, tmp / "model.onnx")
@@ -218,7 +236,7 @@ def export(
                 "precision": precision,
                 "opset": opset,
                 **spec.to_dict(),
-                "plugins": [],
+                "plugins": plugins,
                 "models": models,
                 "fusions": fusions,
                 "quantization": quantization,

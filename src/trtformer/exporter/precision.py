@@ -1,8 +1,8 @@
 """Precision of an exported graph, expressed in the model itself (strongly typed TensorRT needs that).
 
 fp16/bf16 cast the matmul weights; LayerNorms (LayerNorm32 computes in fp32 anyway), embeddings (a gather
-is cheap, and a tied LM head then projects in fp32) and heads (GPT's by name, Linear32 everywhere) keep fp32
-parameters.
+is cheap, and a tied LM head then projects in fp32) and heads (GPT's and Transformer-XL's by name, Linear32
+everywhere) keep fp32 parameters.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from ..models.layers import Linear32
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_HEADS = ("score", "multiple_choice_head")
+FP32_HEADS = ("score", "multiple_choice_head", "crit")  # crit: Transformer-XL's (adaptive) softmax
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:

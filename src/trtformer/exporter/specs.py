@@ -2,7 +2,8 @@
 
 A spec is the single source of truth for an export: the exporter flattens the model with it, the manifest
 records it, and the runtime validates inputs and carries state from it without knowing the family.
-Dimension names are symbols; an expression such as "past + seq" is a sum of symbols and integers.
+Dimension names are symbols; an expression such as "past + seq" is a sum of symbols and integers, and
+"min(16, mem + seg)" the smaller of its arguments (see runtime/shapes.py).
 """
 
 from __future__ import annotations
@@ -188,7 +189,45 @@ def plain_kwargs(named: dict[str, torch.Tensor]) -> dict:
     return dict(named)
 
 
-SPECS = {"gpt": (gpt_spec, gpt_kwargs), "bert": (bert_spec, plain_kwargs)}
+# ---------------------------------------------------------------------------------------------- Transformer-XL
+
+
+def transfo_xl_spec(model) -> IOSpec:
+    """Segment in, head output and new memory out; the memory [mem, batch, d_model] is state of kind "memory".
+
+    The memory keeps the last mem_len rows of [mems ; segment], so it grows by seg per call until it reaches
+    mem_len: "min(mem_len, mem + seg)". One symbol for every layer's memory, as they always have one length.
+    """
+    cfg = model.config
+    dtype = TORCH_TO_NAME[model.compute_dtype]
+    mem = ("mem", "batch", cfg.d_model)
+    new_mem = (f"min({cfg.mem_len}, mem + seg)", "batch", cfg.d_model)
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "seg"), (0, cfg.vocab_size - 1), "token ids of this segment")]
+    # Adaptive softmax: log-probabilities; a plain softmax head: logits. fp32 at every precision.
+    outputs = [TensorSpec(cfg.lm_output, "float32", ("batch", "seg", cfg.vocab_size))]
+    state = []
+    for i in range(cfg.n_layer):
+        inputs.append(TensorSpec(f"mems.{i}", dtype, mem, description=f"layer {i}'s input over the last segments"))
+        outputs.append(TensorSpec(f"new_mems.{i}", dtype, new_mem))
+        state.append(StatePair(f"mems.{i}", f"new_mems.{i}", 0, "memory"))
+    dims = {
+        "batch": DimSpec(1, None, 1, "independent streams"),
+        # Relative positions set no length limit; the paper evaluates WikiText-103 with segments of 128.
+        "seg": DimSpec(1, None, min(128, max(1, cfg.mem_len)), "tokens in this segment"),
+        "mem": DimSpec(0, cfg.mem_len, cfg.mem_len, "memory rows carried from earlier segments"),
+    }
+    return IOSpec(inputs, outputs, state, dims)
+
+
+def transfo_xl_kwargs(named: dict[str, torch.Tensor]) -> dict:
+    kwargs = {k: v for k, v in named.items() if not k.startswith("mems.")}
+    n_layer = sum(1 for k in named if k.startswith("mems."))
+    if n_layer:
+        kwargs["mems"] = [named[f"mems.{i}"] for i in range(n_layer)]
+    return kwargs
+
+
+SPECS = {"gpt": (gpt_spec, gpt_kwargs), "bert": (bert_spec, plain_kwargs), "transfo_xl": (transfo_xl_spec, transfo_xl_kwargs)}
 
 
 def spec_for(family: str, model) -> IOSpec:

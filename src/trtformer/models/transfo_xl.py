@@ -321,6 +321,7 @@ class TransfoXL(nn.Module):
             attn = layer.dec_attn
             u, v = shared or (attn.r_w_bias, attn.r_r_bias)
             x, new_mems[f"new_mems.{i}"] = layer(x, mems[i], u, v)  # new memory: last mem_len rows of [mems ; x_in]
-        out = {self.config.lm_output: self.crit(x.transpose(0, 1))}  # [batch, seg, vocab] fp32
+        # fp32 before the transpose: ONNX Runtime 1.32 crashes creating a session for fp16 -> Transpose -> Cast -> MatMul.
+        out = {self.config.lm_output: self.crit(x.float().transpose(0, 1))}  # [batch, seg, vocab] fp32
         out.update(new_mems)
         return out

@@ -96,8 +96,10 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
     for k, v in overrides.items():
         setattr(cfg, k, v)
     cfg.check()
-    if not session.has_state or "logits" not in session.outputs:
-        raise InputError(f"generation needs a causal LM artifact with a KV cache; {session.artifact.path} has none")
+    # Transformer-XL's memory is state too, but its segments take no attention mask: it streams instead.
+    if {p["kind"] for p in session.state_pairs.values()} != {"kv-cache"} or "logits" not in session.outputs:
+        raise InputError(f"generation needs a causal LM artifact with a KV cache; {session.artifact.path} has none",
+                         hint="score Transformer-XL artifacts with `trtformer stream`")
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InputError("every prompt needs at least one token")

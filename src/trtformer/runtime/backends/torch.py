@@ -15,7 +15,7 @@ from .base import State
 
 
 def reference_model(artifact) -> torch.nn.Module:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from ...models import build_model
 
@@ -26,7 +26,7 @@ def reference_model(artifact) -> torch.nn.Module:
             hint="re-export without --no-reference, or compare against the source checkpoint",
         )
     model = build_model(artifact.family, artifact.config)
-    model.load_state_dict(load_file(path), strict=True)
+    load_model(model, path, strict=True)  # restores tied parameters that the file stores once
     return model.eval()
 
 

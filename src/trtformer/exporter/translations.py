@@ -1,0 +1,236 @@
+"""Fused custom ops -> ONNX: the portable decomposition, and the plugin form's node plus local function.
+
+Every op in TRANSLATIONS (a `torch.library` custom op from trtformer.ops) gets:
+- in the portable form, its eager reference inlined (`run_decompositions`), so only standard ops remain;
+- in the plugin form, one node `domain::name` per call, carrying `plugin_namespace` and `plugin_version` (which
+  TensorRT with our plugins registered matches) plus the op's own attributes, and one ONNX local function of
+  the same domain and name whose body is the portable decomposition, which ONNX Runtime and TensorRT-RTX
+  inline.
+
+Facts this module is built on (DESIGN.md, and seen here with onnx 1.23, onnxscript, TensorRT-RTX 1.x):
+- onnxscript emits a custom-domain op only when onnx.defs has its schema, and drops attributes the schema does
+  not declare. An output typed by a type variable of its own stays untyped (an invalid model), so each output
+  shares the type variable of a named input.
+- torch.onnx inlines the functions of its translation table, so the local function is appended afterwards.
+- The body is traced, so it is specialised to one set of attribute values (head counts become reshape
+  constants). ONNX would tell such bodies apart by `overload`, but TensorRT-RTX inlines by name alone,
+  ignoring overload and domain: a model may call each fused op with one attribute set only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+from onnx import defs, helper
+
+from ..errors import ExportError
+from ..ops import rel_position
+
+PLUGIN_NAMESPACE = "trtformer"
+PLUGIN_VERSION = "1"
+DOMAIN_VERSION = 1
+TENSOR_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int64)", "tensor(int32)", "tensor(bool)"]
+_A = defs.OpSchema.AttrType
+# torch schema type -> ONNX attribute type; bools become ints (ONNX has no bool attribute).
+ATTRIBUTE_TYPES = {"int": _A.INT, "bool": _A.INT, "float": _A.FLOAT, "str": _A.STRING, "int[]": _A.INTS,
+                   "List[int]": _A.INTS, "float[]": _A.FLOATS, "List[float]": _A.FLOATS}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One call of a fused op in an ExportedProgram: its tensors (fake, with symbolic sizes) and attributes."""
+
+    op: torch._ops.OpOverload
+    tensors: dict[str, torch.Tensor]  # argument name -> meta value
+    attrs: dict[str, Any]  # non-tensor argument name -> value
+
+    def signature(self) -> tuple:
+        """What the traced body depends on: attribute values, dtypes and static sizes."""
+        sizes = [(t.dtype, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in self.tensors.values()]
+        attrs = [(k, tuple(v) if isinstance(v, list) else v) for k, v in self.attrs.items()]  # int[] args are lists
+        return tuple(attrs), tuple(sizes)
+
+
+@dataclass(frozen=True)
+class Translation:
+    domain: str  # the plugin-form node's domain, also its function's
+    name: str  # the node's op type: the plugin's name in TensorRT
+    outputs: tuple[tuple[str, str], ...]  # (output name, the input whose type it has)
+    reference: Callable  # the op's eager body: the portable form and the function body
+    attributes: Callable[[dict[str, Any]], dict[str, Any]]  # op attributes -> the node's own attributes
+    function: Callable[[Translation, OpCall, int], list[onnx.FunctionProto]]  # the local function (+ helpers)
+
+    def node_attributes(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {**self.attributes(attrs), "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
+
+
+def onnx_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The op's attributes as ONNX takes them: bools as ints, tuples as lists."""
+    return {k: int(v) if isinstance(v, bool) else list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+
+
+def arguments(op) -> tuple[list[str], list[tuple[str, str]]]:
+    """The op's tensor argument names, and its other arguments as (name, torch type)."""
+    tensors, attrs = [], []
+    for a in op._schema.arguments:
+        if isinstance(a.type, torch.TensorType):
+            tensors.append(a.name)
+        else:
+            attrs.append((a.name, str(a.type)))
+    return tensors, attrs
+
+
+def bind(op, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A call's arguments by schema name, defaults filled in."""
+    bound = {a.name: a.default_value for a in op._schema.arguments if a.has_default_value()}
+    bound.update(zip((a.name for a in op._schema.arguments), args, strict=False))  # trailing defaults may be left out
+    bound.update(kwargs)
+    return bound
+
+
+# ---------------------------------------------------------------------------------------------- function bodies
+
+
+def _example(fakes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Tensors of each meta value's example sizes, and one Dim per symbol (shared where the call shares it)."""
+    dims: dict[str, Any] = {}
+    examples, dynamic = [], []
+    for fake in fakes:
+        shape, axes = [], {}
+        for axis, d in enumerate(fake.shape):
+            if isinstance(d, torch.SymInt):
+                key = str(d.node.expr)
+                if key not in dims:  # a symbol gets a name; a derived size (s0 + s1) is left to torch.export
+                    dims[key] = torch.export.Dim(f"d{len(dims)}") if d.node.expr.is_Symbol else torch.export.Dim.AUTO
+                axes[axis] = dims[key]
+                shape.append(d.node.hint)
+            else:
+                shape.append(d)
+        examples.append(torch.zeros(shape, dtype=fake.dtype))
+        dynamic.append(axes)
+    return examples, dynamic
+
+
+class _Body(torch.nn.Module):
+    def __init__(self, fn: Callable, names: list[str], attrs: dict[str, Any]):
+        super().__init__()
+        self.fn, self.names, self.attrs = fn, names, attrs
+
+    def forward(self, *tensors):
+        return self.fn(**dict(zip(self.names, tensors, strict=True)), **self.attrs)
+
+
+def decomposition_function(t: Translation, call: OpCall, opset: int) -> list[onnx.FunctionProto]:
+    """The local function `t.domain::t.name`: the op's reference, exported alone at the call's dtypes and sizes
+    (dynamic where the call's are), its initializers turned into Constant nodes."""
+    names = list(call.tensors)
+    examples, dynamic = _example(list(call.tensors.values()))
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        body = torch.onnx.export(
+            _Body(t.reference, names, call.attrs).eval(), tuple(examples), input_names=names,
+            output_names=[o for o, _ in t.outputs], dynamic_shapes=(tuple(dynamic),), opset_version=opset,
+            dynamo=True, external_data=False,
+        ).model_proto  # fmt: skip
+    graph = body.graph
+    nodes = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
+    nodes += graph.node
+    for i, node in enumerate(nodes):  # prefixed: TensorRT names its layers after them, beside the main graph's
+        node.name = f"{t.name}/{node.name or f'constant_{i}'}"
+    attributes = [*call.attrs, "plugin_namespace", "plugin_version"]  # declared; the body has their values baked in
+    fn = helper.make_function(t.domain, t.name, [i.name for i in graph.input], [o.name for o in graph.output], nodes,
+                              opset_imports=list(body.opset_import), attributes=attributes)
+    return [fn, *body.functions]
+
+
+TRANSLATIONS: dict[Any, Translation] = {
+    rel_position.OP: Translation("trtformer", "RelPositionAttention", (("output", "hidden"), ("new_mem", "mems")),
+                                 rel_position.reference, onnx_attributes, decomposition_function),
+}
+
+
+# ---------------------------------------------------------------------------------------------- export steps
+
+
+def decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The portable form: every fused op replaced by its eager body, traced with the program's symbolic sizes."""
+    return program.run_decompositions({op: t.reference for op, t in TRANSLATIONS.items()})
+
+
+def plugin_calls(program: torch.export.ExportedProgram) -> dict[Any, list[OpCall]]:
+    """The fused op calls of a program, by op; each op must have one signature (see the module docstring)."""
+    calls: dict[Any, list[OpCall]] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in TRANSLATIONS:
+            continue
+        tensors, attrs = arguments(node.target)
+        bound = bind(node.target, node.args, node.kwargs)
+        call = OpCall(node.target, {n: bound[n].meta["val"] for n in tensors}, {n: bound[n] for n, _ in attrs})
+        calls.setdefault(node.target, []).append(call)
+    for op, mine in calls.items():
+        if len({c.signature() for c in mine}) > 1:
+            differ = sorted({k for c in mine for k, v in c.attrs.items() if v != mine[0].attrs[k]}) or ["dtypes or sizes"]
+            raise ExportError(
+                f"{op.name()} is called with {len({c.signature() for c in mine})} different settings ({', '.join(differ)}); "
+                "the plugin form holds one function body per op, and TensorRT-RTX tells bodies apart by name alone",
+                hint="use --form portable",
+            )
+    return calls
+
+
+def _register_schema(op, t: Translation) -> None:
+    if defs.has(t.name, t.domain):
+        return
+    tensors, attrs = arguments(op)
+    FP = defs.OpSchema.FormalParameter
+    unknown = [f"{n}: {ty}" for n, ty in attrs if ty not in ATTRIBUTE_TYPES]
+    if unknown:
+        raise ExportError(f"{op.name()} has arguments ONNX attributes cannot carry: {', '.join(unknown)}")
+    attributes = [defs.OpSchema.Attribute(n, ATTRIBUTE_TYPES[ty], "") for n, ty in attrs]
+    attributes += [defs.OpSchema.Attribute(n, _A.STRING, "") for n in ("plugin_namespace", "plugin_version")]
+    defs.register_schema(defs.OpSchema(
+        t.name, t.domain, DOMAIN_VERSION,
+        inputs=[FP(n, f"T{i}") for i, n in enumerate(tensors)],
+        outputs=[FP(n, f"T{tensors.index(like)}") for n, like in t.outputs],
+        type_constraints=[(f"T{i}", TENSOR_TYPES, "") for i in range(len(tensors))],
+        attributes=attributes,
+    ))  # fmt: skip
+
+
+def onnx_table(ops) -> dict[Any, Callable]:
+    """torch.onnx's custom_translation_table: each op -> a function that emits its one custom-domain node."""
+    from onnxscript import values
+
+    table = {}
+    for op in ops:
+        t = TRANSLATIONS[op]
+        _register_schema(op, t)
+        emit = getattr(values.Opset(t.domain, DOMAIN_VERSION), t.name)
+        tensors, attrs = arguments(op)
+
+        def translate(*args, _op=op, _t=t, _emit=emit, _tensors=tensors, _attrs=attrs, **kwargs):
+            bound = bind(_op, args, kwargs)
+            return _emit(*(bound[n] for n in _tensors), **_t.node_attributes({n: bound[n] for n, _ in _attrs}))
+
+        table[op] = translate
+    return table
+
+
+def attach_functions(proto: onnx.ModelProto, calls: dict[Any, list[OpCall]], opset: int) -> list[dict]:
+    """Append each op's local function to the exported model; return the manifest's "plugins" records."""
+    records = []
+    for op, mine in calls.items():
+        t = TRANSLATIONS[op]
+        nodes = [n for n in proto.graph.node if (n.domain, n.op_type) == (t.domain, t.name)]
+        if len(nodes) != len(mine):
+            raise ExportError(f"{len(mine)} calls of {op.name()} became {len(nodes)} {t.domain}::{t.name} nodes")
+        known = {(f.domain, f.name) for f in proto.functions}
+        proto.functions.extend(f for f in t.function(t, mine[0], opset) if (f.domain, f.name) not in known)
+        records.append({"op": op.name(), "domain": t.domain, "name": t.name, "plugin_namespace": PLUGIN_NAMESPACE,
+                        "plugin_version": PLUGIN_VERSION, "nodes": len(nodes), "attributes": t.attributes(mine[0].attrs)})
+    return records
