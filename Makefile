@@ -20,6 +20,11 @@ demo: $(STAMP)
 	$(BIN)/trtformer generate artifacts/tiny-gpt2 --prompt-ids 1,2,3,4 --max-new-tokens 8
 	$(BIN)/trtformer generate artifacts/tiny-gpt2 --prompt-ids 1,2,3,4 --max-new-tokens 8 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 0
 	$(BIN)/trtformer bench artifacts/tiny-gpt2 --batch 1 4 --prompt-len 16 --new-tokens 16
+	$(BIN)/trtformer export tiny-bert -o artifacts/tiny-bert --overwrite --optimize --quantize int8-dynamic
+	$(BIN)/trtformer info artifacts/tiny-bert
+	$(BIN)/trtformer parity artifacts/tiny-bert --graph optimized
+	printf '1,5,6,7,2\n1,8,2\n' > artifacts/tiny-bert-ids.txt
+	$(BIN)/trtformer encode artifacts/tiny-bert --input-ids artifacts/tiny-bert-ids.txt
 
 test: $(STAMP)
 	$(BIN)/pytest -m "not gpu and not trt" -q

@@ -169,7 +169,7 @@ class ParityReport:
         else:
             rule = f"atol {self.tolerance.atol}, rtol {self.tolerance.rtol}, cosine >= {self.tolerance.min_cosine}"
         rows = [f"parity of {self.backend} ({self.graph} graph) vs torch reference ({self.precision}; {rule})"]
-        rows.append(f"{'case':<28} {'output':<24} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'agree|x':>8}  result")
+        rows.append(f"{'case':<28} {'output':<24} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'agr|grow':>8}  result")
         for c in self.comparisons:
             agree = f"{c.agreement:>8.4f}" if c.agreement is not None else f"{c.growth:>7.2f}x" if c.growth is not None else f"{'':>8}"
             result = "info" if c.passed is None else "pass" if c.passed else "FAIL"
@@ -177,6 +177,8 @@ class ParityReport:
         judged = [c for c in self.comparisons if c.passed is not None]
         n_fail = sum(not c.passed for c in judged)
         rows.append(f"{len(judged) - n_fail} passed, {n_fail} failed")
+        if any(c.agreement is not None or c.growth is not None for c in self.comparisons):
+            rows.append("agr|grow: share of predictions that agree (int8), or error growth over the segments (x)")
         return "\n".join(rows)
 
 
@@ -199,12 +201,27 @@ def padded_feeds(session: Session, batch: int, seq: int, pad: bool, rng: np.rand
                     n_pad = rng.integers(1, seq)
                     mask[row, ..., slice(None, n_pad) if left else slice(seq - n_pad, None)] = 0
             feeds[name] = mask
+        elif name == "global_attention_mask":
+            feeds[name] = global_tokens(feeds["attention_mask"], rng)
         elif name == "mc_token_ids":
             feeds[name] = rng.integers(0, seq, shape).astype(np.int64)
         else:
             lo, hi = spec.get("value_range") or (0, 1)
             feeds[name] = rng.integers(lo, hi + 1, shape).astype(np.int64)
     return feeds
+
+
+def global_tokens(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Global tokens among each row's real ones: row 0 the first (as classification), row 1 none, row 2 up to three
+    elsewhere, later rows the first and up to three elsewhere (as a QA question and marked entities)."""
+    glob = np.zeros_like(mask)
+    for row in range(mask.shape[0]):
+        real = np.flatnonzero(mask[row])
+        if row != 2:
+            glob[row, real[:1]] = row != 1
+        if row >= 2 and len(real) > 1:
+            glob[row, rng.choice(real[1:], size=min(3, len(real) - 1), replace=False)] = 1
+    return glob
 
 
 SEQUENCE_DIMS = ("seq", "past + seq")
@@ -237,12 +254,19 @@ def compare_outputs(session, case, got: dict, want: dict, tol: Tolerance | Agree
 FORWARD_CASES = [(1, 1, False), (1, 17, False), (3, 9, True), (4, 33, True)]
 # Agreement is a rate, so quantised graphs get one more, larger case for enough predictions to count.
 AGREEMENT_CASES = [*FORWARD_CASES, (16, 48, True)]
+# Sliding-window models (a global_attention_mask input) get long cases too: many windows, dilated bands and global
+# tokens far apart, beyond the length the graph was traced at.
+LONG_CASES = [(3, 257, True), (3, 1000, True)]
 
 
 def full_forward_cases(session: Session, reference: Session, tol: Tolerance | Agreement, rng) -> list[Comparison]:
+    cases = AGREEMENT_CASES if isinstance(tol, Agreement) else FORWARD_CASES
     limit = min(v for v in [*session.artifact.limits.values(), 64])
+    if "global_attention_mask" in session.inputs:
+        limit = min(v for v in [*session.artifact.limits.values(), max(s for _, s, _ in LONG_CASES)])
+        cases = [*cases, *LONG_CASES]
     out = []
-    for batch, seq, pad in AGREEMENT_CASES if isinstance(tol, Agreement) else FORWARD_CASES:
+    for batch, seq, pad in cases:
         seq = min(seq, limit)
         pad = pad and "attention_mask" in session.inputs  # Transformer-XL has no padding
         feeds = padded_feeds(session, batch, seq, pad, rng)
