@@ -6,10 +6,12 @@ Imported by the scripts in this folder (python puts a script's folder on sys.pat
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +32,26 @@ def setup_logging(script_logger: logging.Logger) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for name in (script_logger.name, "trtformer"):
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def run_and_write(name: str, out: Path, run, markdown, plot, logger: logging.Logger) -> None:
+    """`run(tmp)` in a temporary directory, then NAME.json, .md (`markdown(report)`) and .png (the figure
+    `plot(report)` draws) into `out`; the markdown is printed too."""
+    setup_logging(logger)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        report = run(Path(tmp))
+    md = markdown(report)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(md)
+    fig = plot(report)  # a pyplot figure (plot() picks the Agg backend before importing pyplot)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    print(md)
+    logger.info("wrote %s/%s.{json,md,png}", out, name)
 
 
 def noisy_label(share: float | None) -> str:

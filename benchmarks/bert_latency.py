@@ -16,14 +16,13 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import NOISY, Neighbours, machine_info, noisy_label, setup_logging
+from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write
 
 import trtformer
 from trtformer.bench import latency_stats
@@ -199,7 +198,7 @@ def markdown(report: dict) -> str:
     ])
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,23 +224,12 @@ def plot(report: dict, path: Path) -> None:
     ax_speed.legend(fontsize=8)
     fig.suptitle(f"BERT ({report['model']['config']['num_hidden_layers']} layers) encoder latency, "
                  f"{report['machine']['threads']} threads", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(log)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bert_latency-") as tmp:
-        report = run(args, Path(tmp))
-    md = markdown(report)
-    (args.out / "bert_latency.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bert_latency.md").write_text(md)
-    plot(report, args.out / "bert_latency.png")
-    print(md)
-    log.info("wrote %s/bert_latency.{json,md,png}", args.out)
+    run_and_write("bert_latency", args.out, lambda tmp: run(args, tmp), markdown, plot, log)
     return 0
 
 

@@ -164,7 +164,14 @@ def cmd_encode(args) -> int:
         types = read_id_rows(args.token_type_ids) if args.token_type_ids else None
     else:
         raise InputError("give token ids with --input-ids FILE or text with --text")
-    result = encode(session, rows, types, batch_size=args.batch_size)
+    glob = None
+    if args.global_tokens is not None:
+        from .runtime.encode import global_mask_rows
+
+        text = args.global_tokens.strip()
+        positions = int_list(text) if text.replace(",", "").replace(" ", "").isdigit() else read_id_rows(text)
+        glob = global_mask_rows(rows, positions)
+    result = encode(session, rows, types, batch_size=args.batch_size, global_attention_mask=glob)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -288,12 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="ort-cpu", choices=backend_names())
     g.set_defaults(func=cmd_generate)
 
-    en = sub.add_parser("encode", help="run an encoder (BERT family) over token ids or text")
+    en = sub.add_parser("encode", help="run an encoder (BERT family, Longformer) over token ids or text")
     en.add_argument("artifact")
     en.add_argument("--input-ids", help="token ids: .npy, .json (list of lists) or text with one sequence per line")
     en.add_argument("--token-type-ids", help="segment ids in the same layout as --input-ids")
     en.add_argument("--text", action="append", help="text, encoded with the artifact's tokenizer (repeatable)")
     en.add_argument("--text-pair", action="append", help="second segment for each --text (NSP, QA)")
+    en.add_argument("--global-tokens", metavar="POSITIONS|FILE",
+                    help="Longformer's global tokens: positions for every sequence (0,5), or a file with one line of "
+                         "positions per sequence (default: the head's, e.g. the first token for classification)")
     en.add_argument("--batch-size", type=int, default=32)
     en.add_argument("--out", help="directory for one .npy per output (default: print shapes only)")
     en.add_argument("--backend", default="ort-cpu", choices=backend_names())

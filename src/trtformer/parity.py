@@ -1,9 +1,10 @@
 """Parity: any backend against the torch reference, on generated cases.
 
-Cases cover several batch sizes and lengths with left padding (full forwards), and for models with state,
-incremental decoding carried over many steps compared with full recomputation at every step (KV cache), or
-many consecutive segments with the memory carried on both sides (Transformer-XL). Each output gets max abs,
-max rel, cosine and pass/fail against tolerances that depend on the artifact's precision.
+Cases cover several batch sizes and lengths with padding (full forwards; global tokens and sequences up to 1000
+tokens for sliding-window models), and for models with state, incremental decoding carried over many steps
+compared with full recomputation at every step (KV cache), or many consecutive segments with the memory carried
+on both sides (Transformer-XL). Each output gets max abs, max rel, cosine and pass/fail against tolerances that
+depend on the artifact's precision.
 """
 
 from __future__ import annotations

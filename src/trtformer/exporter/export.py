@@ -30,7 +30,7 @@ DEFAULT_OPSET = 20
 IR_VERSION = 10
 # Families whose graphs contain fused ops (and so differ between the portable and plugin forms); their ops'
 # ONNX is in translations.py.
-FUSED_OP_FAMILIES: set[str] = {"transfo_xl"}
+FUSED_OP_FAMILIES: set[str] = {"transfo_xl", "longformer"}
 # Above this the graph is saved with external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1 << 30
 

@@ -189,6 +189,24 @@ def plain_kwargs(named: dict[str, torch.Tensor]) -> dict:
     return dict(named)
 
 
+# ---------------------------------------------------------------------------------------------- Longformer
+
+
+def longformer_spec(model) -> IOSpec:
+    """RoBERTa's I/O (bert_spec on the shared blocks' config) plus `global_attention_mask`.
+
+    The global mask is an explicit input, never derived in the graph: the model's default depends on the head,
+    and the runtime (encode) fills it with that default when the caller gives none. seq's limit is the
+    position table less RoBERTa's offset, as for RoBERTa.
+    """
+    from types import SimpleNamespace
+
+    spec = bert_spec(SimpleNamespace(config=model.config.bert_config(), compute_dtype=model.compute_dtype))
+    glob = TensorSpec("global_attention_mask", "int64", ("batch", "seq"), (0, 1), "1 = global token (attends to and from every token)")
+    spec.inputs.insert(2, glob)
+    return spec
+
+
 # ---------------------------------------------------------------------------------------------- Transformer-XL
 
 
@@ -227,7 +245,8 @@ def transfo_xl_kwargs(named: dict[str, torch.Tensor]) -> dict:
     return kwargs
 
 
-SPECS = {"gpt": (gpt_spec, gpt_kwargs), "bert": (bert_spec, plain_kwargs), "transfo_xl": (transfo_xl_spec, transfo_xl_kwargs)}
+SPECS = {"gpt": (gpt_spec, gpt_kwargs), "bert": (bert_spec, plain_kwargs), "transfo_xl": (transfo_xl_spec, transfo_xl_kwargs),
+         "longformer": (longformer_spec, plain_kwargs)}
 
 
 def spec_for(family: str, model) -> IOSpec:

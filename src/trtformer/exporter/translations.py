@@ -14,7 +14,13 @@ Facts this module is built on (DESIGN.md, and seen here with onnx 1.23, onnxscri
 - torch.onnx inlines the functions of its translation table, so the local function is appended afterwards.
 - The body is traced, so it is specialised to one set of attribute values (head counts become reshape
   constants). ONNX would tell such bodies apart by `overload`, but TensorRT-RTX inlines by name alone,
-  ignoring overload and domain: a model may call each fused op with one attribute set only.
+  ignoring overload and domain. So an op either has one attribute set per model (Transformer-XL: its layers
+  share them; a model that differs is refused), or it has `variant` names (Longformer: per-layer windows and
+  dilations): each distinct attribute set becomes its own node op type and function, named after its
+  attributes (`SlidingWindowAttention_w8_d1_1_2_4`), and the node's `plugin_name` attribute keeps the one
+  TensorRT plugin name that the plugin registry registers under every op type the manifest lists. Making
+  window and dilations tensor inputs of one body instead would turn every band shape (block size, unfold
+  width, interleave lengths) into a data-dependent size, which TensorRT cannot build with.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from onnx import defs, helper
 
 from ..errors import ExportError
-from ..ops import rel_position
+from ..ops import rel_position, sliding_window
 
 PLUGIN_NAMESPACE = "trtformer"
 PLUGIN_VERSION = "1"
@@ -65,9 +71,16 @@ class Translation:
     reference: Callable  # the op's eager body: the portable form and the function body
     attributes: Callable[[dict[str, Any]], dict[str, Any]]  # op attributes -> the node's own attributes
     function: Callable[[Translation, OpCall, int], list[onnx.FunctionProto]]  # the local function (+ helpers)
+    # op attributes -> an op type suffix; None: one attribute set per model (see the module docstring)
+    variant: Callable[[dict[str, Any]], str] | None = None
+
+    def op_type(self, attrs: dict[str, Any]) -> str:
+        """The node's op type and its function's name: the plugin name, plus the variant suffix if any."""
+        return self.name if self.variant is None else f"{self.name}_{self.variant(attrs)}"
 
     def node_attributes(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        return {**self.attributes(attrs), "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
+        named = {} if self.variant is None else {"plugin_name": self.name}  # op type != plugin name
+        return {**self.attributes(attrs), "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION, **named}
 
 
 def onnx_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +140,8 @@ class _Body(torch.nn.Module):
 
 
 def decomposition_function(t: Translation, call: OpCall, opset: int) -> list[onnx.FunctionProto]:
-    """The local function `t.domain::t.name`: the op's reference, exported alone at the call's dtypes and sizes
-    (dynamic where the call's are), its initializers turned into Constant nodes."""
+    """The local function `t.domain::op type`: the op's reference, exported alone at the call's attributes, dtypes
+    and sizes (dynamic where the call's are), its initializers turned into Constant nodes."""
     names = list(call.tensors)
     examples, dynamic = _example(list(call.tensors.values()))
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
@@ -140,17 +153,27 @@ def decomposition_function(t: Translation, call: OpCall, opset: int) -> list[onn
     graph = body.graph
     nodes = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
     nodes += graph.node
+    name = t.op_type(call.attrs)
     for i, node in enumerate(nodes):  # prefixed: TensorRT names its layers after them, beside the main graph's
-        node.name = f"{t.name}/{node.name or f'constant_{i}'}"
-    attributes = [*call.attrs, "plugin_namespace", "plugin_version"]  # declared; the body has their values baked in
-    fn = helper.make_function(t.domain, t.name, [i.name for i in graph.input], [o.name for o in graph.output], nodes,
+        node.name = f"{name}/{node.name or f'constant_{i}'}"
+    attributes = list(t.node_attributes(call.attrs))  # declared; the body has their values baked in
+    fn = helper.make_function(t.domain, name, [i.name for i in graph.input], [o.name for o in graph.output], nodes,
                               opset_imports=list(body.opset_import), attributes=attributes)
     return [fn, *body.functions]
+
+
+def sliding_window_variant(attrs: dict[str, Any]) -> str:
+    """`w8_d1_1_2_4` (per-head dilations), or `w512_d1` when every head has the same dilation."""
+    dilations = attrs["dilations"][:1] if len(set(attrs["dilations"])) == 1 else attrs["dilations"]
+    return f"w{attrs['window']}_d{'_'.join(map(str, dilations))}"
 
 
 TRANSLATIONS: dict[Any, Translation] = {
     rel_position.OP: Translation("trtformer", "RelPositionAttention", (("output", "hidden"), ("new_mem", "mems")),
                                  rel_position.reference, onnx_attributes, decomposition_function),
+    sliding_window.OP: Translation(
+        "trtformer", "SlidingWindowAttention", (("output", "v"),), sliding_window.sliding_window_reference,
+        onnx_attributes, decomposition_function, variant=sliding_window_variant),
 }
 
 
@@ -163,7 +186,7 @@ def decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedPro
 
 
 def plugin_calls(program: torch.export.ExportedProgram) -> dict[Any, list[OpCall]]:
-    """The fused op calls of a program, by op; each op must have one signature (see the module docstring)."""
+    """The fused op calls of a program, by op; each op type must have one signature (see the module docstring)."""
     calls: dict[Any, list[OpCall]] = {}
     for node in program.graph.nodes:
         if node.op != "call_function" or node.target not in TRANSLATIONS:
@@ -173,18 +196,22 @@ def plugin_calls(program: torch.export.ExportedProgram) -> dict[Any, list[OpCall
         call = OpCall(node.target, {n: bound[n].meta["val"] for n in tensors}, {n: bound[n] for n, _ in attrs})
         calls.setdefault(node.target, []).append(call)
     for op, mine in calls.items():
-        if len({c.signature() for c in mine}) > 1:
-            differ = sorted({k for c in mine for k, v in c.attrs.items() if v != mine[0].attrs[k]}) or ["dtypes or sizes"]
-            raise ExportError(
-                f"{op.name()} is called with {len({c.signature() for c in mine})} different settings ({', '.join(differ)}); "
-                "the plugin form holds one function body per op, and TensorRT-RTX tells bodies apart by name alone",
-                hint="use --form portable",
-            )
+        t = TRANSLATIONS[op]
+        for op_type in dict.fromkeys(t.op_type(c.attrs) for c in mine):
+            same = [c for c in mine if t.op_type(c.attrs) == op_type]
+            if len({c.signature() for c in same}) > 1:
+                differ = sorted({k for c in same for k, v in c.attrs.items() if v != same[0].attrs[k]}) or ["dtypes or sizes"]
+                raise ExportError(
+                    f"{op.name()} is called with {len({c.signature() for c in same})} different settings ({', '.join(differ)}); "
+                    f"the plugin form holds one function body per op type ({op_type}), and TensorRT-RTX tells bodies "
+                    "apart by name alone",
+                    hint="use --form portable",
+                )
     return calls
 
 
-def _register_schema(op, t: Translation) -> None:
-    if defs.has(t.name, t.domain):
+def _register_schema(op, t: Translation, op_type: str) -> None:
+    if defs.has(op_type, t.domain):
         return
     tensors, attrs = arguments(op)
     FP = defs.OpSchema.FormalParameter
@@ -192,9 +219,10 @@ def _register_schema(op, t: Translation) -> None:
     if unknown:
         raise ExportError(f"{op.name()} has arguments ONNX attributes cannot carry: {', '.join(unknown)}")
     attributes = [defs.OpSchema.Attribute(n, ATTRIBUTE_TYPES[ty], "") for n, ty in attrs]
-    attributes += [defs.OpSchema.Attribute(n, _A.STRING, "") for n in ("plugin_namespace", "plugin_version")]
+    plugin = ("plugin_namespace", "plugin_version") + (() if t.variant is None else ("plugin_name",))  # all required
+    attributes += [defs.OpSchema.Attribute(n, _A.STRING, "") for n in plugin]
     defs.register_schema(defs.OpSchema(
-        t.name, t.domain, DOMAIN_VERSION,
+        op_type, t.domain, DOMAIN_VERSION,
         inputs=[FP(n, f"T{i}") for i, n in enumerate(tensors)],
         outputs=[FP(n, f"T{tensors.index(like)}") for n, like in t.outputs],
         type_constraints=[(f"T{i}", TENSOR_TYPES, "") for i in range(len(tensors))],
@@ -202,20 +230,23 @@ def _register_schema(op, t: Translation) -> None:
     ))  # fmt: skip
 
 
-def onnx_table(ops) -> dict[Any, Callable]:
-    """torch.onnx's custom_translation_table: each op -> a function that emits its one custom-domain node."""
+def onnx_table(calls: dict[Any, list[OpCall]]) -> dict[Any, Callable]:
+    """torch.onnx's custom_translation_table: each op -> a function that emits its one custom-domain node (of the
+    op type its attributes name)."""
     from onnxscript import values
 
     table = {}
-    for op in ops:
+    for op, mine in calls.items():
         t = TRANSLATIONS[op]
-        _register_schema(op, t)
-        emit = getattr(values.Opset(t.domain, DOMAIN_VERSION), t.name)
+        for op_type in {t.op_type(c.attrs) for c in mine}:
+            _register_schema(op, t, op_type)
+        opset = values.Opset(t.domain, DOMAIN_VERSION)
         tensors, attrs = arguments(op)
 
-        def translate(*args, _op=op, _t=t, _emit=emit, _tensors=tensors, _attrs=attrs, **kwargs):
+        def translate(*args, _op=op, _t=t, _opset=opset, _tensors=tensors, _attrs=attrs, **kwargs):
             bound = bind(_op, args, kwargs)
-            return _emit(*(bound[n] for n in _tensors), **_t.node_attributes({n: bound[n] for n, _ in _attrs}))
+            named = {n: bound[n] for n, _ in _attrs}
+            return getattr(_opset, _t.op_type(named))(*(bound[n] for n in _tensors), **_t.node_attributes(named))
 
         table[op] = translate
     return table
@@ -226,11 +257,21 @@ def attach_functions(proto: onnx.ModelProto, calls: dict[Any, list[OpCall]], ops
     records = []
     for op, mine in calls.items():
         t = TRANSLATIONS[op]
-        nodes = [n for n in proto.graph.node if (n.domain, n.op_type) == (t.domain, t.name)]
+        firsts: dict[str, OpCall] = {}  # op type -> its first call
+        for call in mine:
+            firsts.setdefault(t.op_type(call.attrs), call)
+        nodes = [n for n in proto.graph.node if n.domain == t.domain and n.op_type in firsts]
         if len(nodes) != len(mine):
             raise ExportError(f"{len(mine)} calls of {op.name()} became {len(nodes)} {t.domain}::{t.name} nodes")
-        known = {(f.domain, f.name) for f in proto.functions}
-        proto.functions.extend(f for f in t.function(t, mine[0], opset) if (f.domain, f.name) not in known)
-        records.append({"op": op.name(), "domain": t.domain, "name": t.name, "plugin_namespace": PLUGIN_NAMESPACE,
-                        "plugin_version": PLUGIN_VERSION, "nodes": len(nodes), "attributes": t.attributes(mine[0].attrs)})
+        for call in firsts.values():
+            known = {(f.domain, f.name) for f in proto.functions}
+            proto.functions.extend(f for f in t.function(t, call, opset) if (f.domain, f.name) not in known)
+        record = {"op": op.name(), "domain": t.domain, "name": t.name, "plugin_namespace": PLUGIN_NAMESPACE,
+                  "plugin_version": PLUGIN_VERSION, "nodes": len(nodes)}
+        if t.variant is None:
+            record["attributes"] = t.attributes(mine[0].attrs)
+        else:  # the op types (= function names) the plugin registry maps to the plugin `name`, in layer order
+            record["op_types"] = [{"op_type": k, "nodes": sum(n.op_type == k for n in nodes), "attributes": t.attributes(c.attrs)}
+                                  for k, c in firsts.items()]
+        records.append(record)
     return records

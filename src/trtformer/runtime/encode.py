@@ -4,6 +4,10 @@
 longest sequence, on the side the model pads), and returns every output of the model under its manifest
 name. Outputs with a sequence axis come back padded to the longest sequence overall, with zeros at padding
 positions, beside the `attention_mask` that says which positions are real.
+
+Longformer's `global_attention_mask` comes from the caller (rows of 0/1 like input_ids, or positions through
+`global_mask_rows`) or, by default, from the head's convention as in transformers: the first token for sequence
+classification, the question (the tokens before the first sep token) for question answering, none otherwise.
 """
 
 from __future__ import annotations
@@ -60,14 +64,59 @@ def pad_batch(rows: list[list[int]], side: str, pad_id: int, length: int | None 
     return ids, mask
 
 
+def _paired_rows(session: Session, name: str, value, rows: list[list[int]]) -> list[list[int]] | None:
+    """Per-token rows that go with input_ids (token_type_ids, global_attention_mask): same count, same lengths."""
+    if value is None:
+        return None
+    paired = _as_rows(name, value)
+    if name not in session.inputs:
+        raise InputError(f"this model takes no {name}")
+    bad = [i for i, (a, b) in enumerate(zip(rows, paired, strict=False)) if len(a) != len(b)]
+    if len(paired) != len(rows) or bad:
+        raise InputError(f"{name} must match input_ids row for row; row {bad[0] if bad else min(len(paired), len(rows))} differs")
+    return paired
+
+
+def global_mask_rows(rows, positions) -> list[list[int]]:
+    """A global_attention_mask for `rows` from token positions: one list for every row, or one list per row."""
+    rows = _as_rows("input_ids", rows)
+    per_row = positions if positions and isinstance(positions[0], Sequence | np.ndarray) else [positions] * len(rows)
+    per_row = _as_rows("global token positions", per_row)
+    if len(per_row) != len(rows):
+        raise InputError(f"global token positions given for {len(per_row)} sequences, there are {len(rows)}")
+    out = []
+    for i, (row, where) in enumerate(zip(rows, per_row, strict=True)):
+        mask = [0] * len(row)
+        for p in where:
+            if not 0 <= p < len(row):
+                raise InputError(f"global token position {p} is outside sequence {i} ({len(row)} tokens)")
+            mask[p] = 1
+        out.append(mask)
+    return out
+
+
+def default_global_mask(config: dict, ids: np.ndarray) -> np.ndarray:
+    """transformers' default global tokens for the head (as the reference model's default_global_mask)."""
+    glob = np.zeros_like(ids)
+    if config.get("head") == "sequence-classification":
+        glob[:, 0] = 1
+    elif config.get("head") == "question-answering":
+        glob = (np.cumsum(ids == config["sep_token_id"], axis=-1) == 0).astype(ids.dtype)
+    return glob
+
+
 def encode(
     session: Session,
     input_ids,
     token_type_ids=None,
     batch_size: int = 32,
     fetch: Sequence[str] | None = None,
+    global_attention_mask=None,
 ) -> EncodeResult:
-    """Run a stateless encoder over `input_ids` (a list of token-id lists of any lengths, or a 2-D array)."""
+    """Run a stateless encoder over `input_ids` (a list of token-id lists of any lengths, or a 2-D array).
+
+    token_type_ids and global_attention_mask (Longformer) go row for row with input_ids; without a global mask
+    a Longformer gets its head's default (see the module docstring)."""
     if session.has_state:
         raise InputError("encode runs stateless encoders; this model carries state (use generate or a stream)")
     if batch_size < 1:
@@ -78,13 +127,8 @@ def encode(
     empty = [i for i, r in enumerate(rows) if not r]
     if empty:
         raise InputError(f"input_ids[{empty[0]}] is empty: every sequence needs at least one token")
-    types = _as_rows("token_type_ids", token_type_ids) if token_type_ids is not None else None
-    if types is not None:
-        if "token_type_ids" not in session.inputs:
-            raise InputError("this model takes no token_type_ids")
-        bad = [i for i, (a, b) in enumerate(zip(rows, types, strict=False)) if len(a) != len(b)]
-        if len(types) != len(rows) or bad:
-            raise InputError(f"token_type_ids must match input_ids row for row; row {bad[0] if bad else len(types)} differs")
+    types = _paired_rows(session, "token_type_ids", token_type_ids, rows)
+    glob = _paired_rows(session, "global_attention_mask", global_attention_mask, rows)
     side = session.artifact.padding_side
     pad_id = int(session.config.get("pad_token_id") or 0)
     longest = max(len(r) for r in rows)
@@ -96,6 +140,9 @@ def encode(
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in session.inputs:
             feeds["token_type_ids"] = pad_batch(types[start : start + batch_size], side, 0)[0] if types else np.zeros_like(ids)
+        if "global_attention_mask" in session.inputs:
+            feeds["global_attention_mask"] = (pad_batch(glob[start : start + batch_size], side, 0)[0] if glob
+                                              else default_global_mask(session.config, ids) * mask)
         extra = [n for n in session.stateless_inputs if n not in feeds]
         if extra:
             raise InputError(f"encode cannot fill the inputs {extra}; call Session.run with them")
