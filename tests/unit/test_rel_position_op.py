@@ -13,18 +13,19 @@ from trtformer.ops.rel_position import OP, reference, rel_position_attention
 N_HEAD, D_HEAD, D_MODEL, BATCH = 2, 4, 8, 2
 
 
-def make_inputs(qlen: int, mlen: int, dtype=torch.float32, seed: int = 0) -> dict:
+def make_inputs(qlen: int, mlen: int, dtype=torch.float32, seed: int = 0, n_head: int = N_HEAD, d_head: int = D_HEAD,
+                d_model: int = D_MODEL, batch: int = BATCH) -> dict:  # fmt: skip
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=0.5, shift=0.0):
         return (torch.randn(shape, generator=g) * scale + shift).to(dtype)
 
-    hd = N_HEAD * D_HEAD
+    hd = n_head * d_head
     return dict(
-        hidden=rand(qlen, BATCH, D_MODEL, scale=1.0), mems=rand(mlen, BATCH, D_MODEL, scale=1.0),
-        qkv_weight=rand(3 * hd, D_MODEL), r_weight=rand(hd, D_MODEL), r_w_bias=rand(N_HEAD, D_HEAD),
-        r_r_bias=rand(N_HEAD, D_HEAD), o_weight=rand(D_MODEL, hd), ln_weight=rand(D_MODEL, shift=1.0).float(),
-        ln_bias=rand(D_MODEL).float(),
+        hidden=rand(qlen, batch, d_model, scale=1.0), mems=rand(mlen, batch, d_model, scale=1.0),
+        qkv_weight=rand(3 * hd, d_model), r_weight=rand(hd, d_model), r_w_bias=rand(n_head, d_head),
+        r_r_bias=rand(n_head, d_head), o_weight=rand(d_model, hd), ln_weight=rand(d_model, shift=1.0).float(),
+        ln_bias=rand(d_model).float(),
     )  # fmt: skip
 
 

@@ -1,0 +1,146 @@
+"""The plugin registry and the TensorRT plugin of trtformer::rel_position_attention.
+
+Without TensorRT: names against the exporter's translation, lazy imports, attribute (de)serialisation, output shape
+arithmetic and the format rule. With full TensorRT (`trt`) and a GPU (`gpu`): the creator in TensorRT's registry and
+an engine with the plugin layer against the eager op.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_rel_position_op import attrs, make_inputs
+
+from trtformer.errors import DependencyError, EngineError
+from trtformer.exporter.translations import ATTRIBUTE_TYPES, PLUGIN_NAMESPACE, PLUGIN_VERSION, TRANSLATIONS
+from trtformer.ops.rel_position import OP, reference
+from trtformer.plugins import registry
+from trtformer.plugins.rel_position import trt as plugin
+
+A = attrs(mem_len=6, same_length=True, clamp_len=3, pre_lnorm=True)
+FIELDS = plugin.encode_attributes(A)
+
+
+def test_registry_names_come_from_the_translation():
+    p = registry.PLUGINS["RelPositionAttention"]
+    assert (p.name, p.namespace, p.version, p.op) == (TRANSLATIONS[OP].name, PLUGIN_NAMESPACE, PLUGIN_VERSION, OP)
+    assert registry.plugin_for(OP) is p and p.load_trt() is plugin
+
+
+def test_imports_stay_lazy():
+    code = ("import sys, trtformer.plugins.registry, trtformer.plugins.rel_position.trt; "
+            "print(sorted(m for m in ('triton', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_missing_triton_is_a_dependency_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
+    with pytest.raises(DependencyError) as raised:
+        registry.PLUGINS["RelPositionAttention"].load_triton()
+    assert raised.value.hint == "pip install 'trtformer[triton]'"
+
+
+def test_fields_match_the_plugin_node_attributes():
+    node = TRANSLATIONS[OP].node_attributes(A)
+    own = {k: v for k, v in node.items() if not k.startswith("plugin_")}
+    assert [name for name, _ in plugin.FIELDS] == list(own)
+    to_onnx = {np.int32: ATTRIBUTE_TYPES["int"], np.float32: ATTRIBUTE_TYPES["float"]}
+    assert all(to_onnx[plugin.FIELD_DTYPES[kind]] == ATTRIBUTE_TYPES[kind] for _, kind in plugin.FIELDS)
+
+
+def test_attribute_round_trip():
+    fields = plugin.encode_attributes(A)
+    assert all(v.shape == (1,) for v in fields.values())
+    assert plugin.decode_attributes(fields) == {**A, "ln_eps": float(np.float32(A["ln_eps"]))}  # FLOAT32 field
+    parsed = {k: v.astype(np.int64) if v.dtype == np.int32 else v for k, v in fields.items()}  # other int widths
+    assert plugin.decode_attributes({**parsed, "plugin_namespace": b"trtformer"}) == plugin.decode_attributes(fields)
+    with pytest.raises(EngineError, match="mem_len"):
+        plugin.decode_attributes({k: v for k, v in fields.items() if k != "mem_len"})
+
+
+@pytest.mark.parametrize(("qlen", "mlen", "mem_len"), [(3, 0, 5), (3, 4, 5), (2, 2, 0), (1, 7, 9), (4, 0, 2)])
+def test_output_shapes_match_the_op(qlen, mlen, mem_len):
+    x = make_inputs(qlen, mlen)
+    out, new_mem = reference(**x, **attrs(mem_len=mem_len))
+    want = [list(out.shape), list(new_mem.shape)]
+    assert plugin.output_shapes(list(x["hidden"].shape), list(x["mems"].shape), mem_len) == want
+
+
+def test_format_rule():
+    f16, f32 = "float16", "float32"
+    assert plugin.format_supported(0, [f16], True) and plugin.format_supported(0, [f32], True)
+    assert not plugin.format_supported(0, [f16], False) and not plugin.format_supported(0, ["int32"], True)
+    assert plugin.format_supported(1, [f16, f16], True) and not plugin.format_supported(1, [f16, f32], True)
+    ln = plugin.LN_INPUTS[0]
+    assert plugin.format_supported(ln, [f16] * ln + [f32], True)  # LayerNorm weights may stay fp32
+    assert not plugin.format_supported(10, [f16] * 10 + [f32], True)  # the new memory has hidden's dtype
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT
+
+
+def full_tensorrt():
+    reason = "needs full TensorRT with plugin layers (pip install 'trtformer[tensorrt]')"
+    trt = pytest.importorskip("tensorrt", reason=reason)
+    if not hasattr(trt, "IPluginV3OneRuntime"):
+        pytest.skip("needs TensorRT >= 10 (IPluginV3)")
+    return trt
+
+
+@pytest.mark.trt
+def test_creator_registered_and_fields_round_trip():
+    trt = full_tensorrt()
+    pytest.importorskip("triton", reason="the plugin runs the Triton kernel (pip install 'trtformer[triton]')")
+    p = registry.PLUGINS["RelPositionAttention"]
+    creator = p.load_trt().register()
+    assert trt.get_plugin_registry().get_creator(p.name, p.version, p.namespace) is not None
+    made = creator.create_plugin(p.name, plugin.field_collection(trt, FIELDS), trt.TensorRTPhase.BUILD)
+    assert plugin.decode_attributes({f.name: f.data for f in made.get_fields_to_serialize()}) == made.attrs
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_engine_with_plugin_matches_eager_op():
+    trt = full_tensorrt()
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    p = registry.PLUGINS["RelPositionAttention"]
+    creator = p.load_trt().register()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))  # TensorRT 11
+    ex = make_inputs(5, 3)
+    profile = builder.create_optimization_profile()
+    tensors = []
+    for name, value in ex.items():
+        dynamic = name in ("hidden", "mems")  # time-first: dim 0 varies, qlen >= 1, mlen >= 0
+        shape = (-1, *value.shape[1:]) if dynamic else tuple(value.shape)
+        tensors.append(network.add_input(name, trt.float32, shape))
+        if dynamic:
+            lo = 1 if name == "hidden" else 0
+            profile.set_shape(name, (lo, *value.shape[1:]), tuple(value.shape), (16, *value.shape[1:]))
+    made = creator.create_plugin(p.name, plugin.field_collection(trt, FIELDS), trt.TensorRTPhase.BUILD)
+    layer = network.add_plugin_v3(tensors, [], made)
+    for i, name in enumerate(plugin.OUTPUTS):
+        layer.get_output(i).name = name
+        network.mark_output(layer.get_output(i))
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    context = engine.create_execution_context()
+    for qlen, mlen in [(5, 3), (1, 0), (9, 12)]:
+        x = {k: v.cuda() for k, v in make_inputs(qlen, mlen, seed=qlen).items()}
+        want = reference(**x, **A)
+        got = [torch.empty_like(w) for w in want]
+        for name, value in [*x.items(), *zip(plugin.OUTPUTS, got, strict=True)]:
+            if name in x:
+                context.set_input_shape(name, tuple(value.shape))
+            context.set_tensor_address(name, value.data_ptr())
+        assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        assert all((g - w).abs().max() <= 1e-5 for g, w in zip(got, want, strict=True))

@@ -1,0 +1,180 @@
+"""The Triton implementation of trtformer::rel_position_attention against the eager op.
+
+CPU: the kernels run under TRITON_INTERPRET=1 in one subprocess, this file run as a script. Triton reads the
+variable when `@triton.jit` decorates a kernel, i.e. when the module is first imported, so setting it inside the
+pytest process would be too late if any test imported the kernels first, and could not be undone for the tests
+that come after. The subprocess computes every case once and prints JSON; the tests below check its numbers.
+GPU (`gpu` marker): real sizes, and the CUDA dispatch of the custom op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_rel_position_op import attrs, make_inputs
+
+from trtformer.ops.rel_position import reference, rel_position_attention
+
+F16 = torch.float16
+# name: (qlen, mlen, dtype, sizes, attributes). The interpreter uses 16 x 16 tiles, so 17+ rows cross block edges.
+CASES = {
+    "mlen-0": (5, 0, torch.float32, {}, attrs()),
+    "memory": (4, 3, torch.float32, {}, attrs()),  # mem_len 5 < klen 7
+    "qlen-1": (1, 6, torch.float32, {}, attrs(mem_len=4)),
+    "multi-block-batch-3": (20, 13, torch.float32, {"batch": 3}, attrs(mem_len=16)),
+    "same-length": (18, 18, torch.float32, {}, attrs(mem_len=7, same_length=True)),  # skips whole key blocks
+    "same-length-mem-len-0": (3, 2, torch.float32, {}, attrs(mem_len=0, same_length=True)),  # every key masked
+    "clamp-len": (6, 9, torch.float32, {}, attrs(clamp_len=3)),
+    "mem-len-beyond-klen": (3, 2, torch.float32, {}, attrs(mem_len=40)),
+    "pre-lnorm-all": (17, 4, torch.float32, {}, attrs(mem_len=6, same_length=True, clamp_len=5, pre_lnorm=True)),
+    "d-head-12": (6, 5, torch.float32, {"n_head": 3, "d_head": 12, "d_model": 20}, attrs(clamp_len=4)),
+    "d-head-80": (3, 2, torch.float32, {"n_head": 1, "d_head": 80, "d_model": 32}, attrs()),
+    "fp16-mlen-0": (5, 0, F16, {}, attrs()),
+    "fp16-memory-same-length": (18, 5, F16, {}, attrs(mem_len=9, same_length=True, clamp_len=6)),
+    "fp16-pre-lnorm-d-head-12": (4, 3, F16, {"n_head": 2, "d_head": 12, "d_model": 16}, attrs(pre_lnorm=True)),
+    # the tiles the GPU uses (interpreted; fp32 32 x 32, fp16 64 x 64): tails, block skipping, clamped distances
+    "cuda-tiles": (70, 60, torch.float32, {}, attrs(mem_len=100, same_length=True, clamp_len=40)),
+    "cuda-tiles-fp16": (70, 60, F16, {}, attrs(mem_len=100, same_length=True, clamp_len=40)),
+}
+TOLERANCE = {torch.float32: 1e-5, F16: 1e-2}  # relative to the output's largest magnitude, if above 1
+
+
+def case(name: str) -> tuple[dict, dict]:
+    qlen, mlen, dtype, sizes, a = CASES[name]
+    heads = {k: sizes[k] for k in ("n_head", "d_head") if k in sizes}
+    return make_inputs(qlen, mlen, dtype, **sizes), {**a, **heads}
+
+
+def interpreter_run() -> dict:
+    """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1)."""
+    from trtformer.plugins import registry
+
+    module = registry.PLUGINS["RelPositionAttention"].load_triton()
+    results, tiles = {}, module.block_sizes
+    for name in CASES:
+        x, a = case(name)
+        gpu_tiles = name.startswith("cuda-tiles")
+        module.block_sizes = (lambda d, dt, _: tiles(d, dt, torch.device("cuda"))) if gpu_tiles else tiles
+        out, new_mem = module.rel_position_attention_triton(**x, **a)
+        want, want_mem = reference(**x, **a)
+        shapes = [list(t.shape) for t in (out, new_mem, want, want_mem)]
+        results[name] = {"max_abs": (out.double() - want.double()).abs().max().item(), "dtype": str(out.dtype),
+                         "scale": want.double().abs().max().item(), "new_mem_equal": torch.equal(new_mem, want_mem),
+                         "shapes": shapes}  # fmt: skip
+    x, a = case("memory")  # after the import: the op on CPU tensors still runs the eager reference
+    results["cpu_dispatch_is_reference"] = all(map(torch.equal, rel_position_attention(**x, **a), reference(**x, **a)))
+    results["cuda_kernel_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
+        "trtformer::rel_position_attention", "CUDA")  # fmt: skip
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_interpreted_kernel_matches_eager_op(interpreted, name):
+    r = interpreted[name]
+    dtype = CASES[name][2]
+    assert r["dtype"] == str(dtype) and r["shapes"][:2] == r["shapes"][2:]
+    assert r["max_abs"] <= TOLERANCE[dtype] * max(1.0, r["scale"]), r["max_abs"]  # pre_lnorm outputs are not ~1
+    assert r["new_mem_equal"]  # the memory copy is bit for bit
+
+
+def test_cuda_kernel_registered_and_cpu_keeps_reference(interpreted):
+    assert interpreted["cuda_kernel_registered"] and interpreted["cpu_dispatch_is_reference"]
+
+
+@pytest.mark.parametrize("d_head", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, F16], ids=["fp32", "fp16"])
+def test_attention_kernel_compiles_for_sm90_within_shared_memory(dtype, d_head):
+    """Ahead of time, no GPU: the tiles block_sizes picks for CUDA lower to sm_90 code (tl.gather included) and fit
+    the 99 KB of shared memory of the smallest GPUs in view."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from trtformer.plugins.rel_position import triton as module
+
+    block_m, block_n, block_d, warps, stages = module.block_sizes(d_head, dtype, torch.device("cuda"))
+    kernel, ptr = module._attention_kernel, "*fp32" if dtype == torch.float32 else "*fp16"
+    consts = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d,
+              "BAND": triton.next_power_of_2(block_m + block_n - 1), "PRECISION": "ieee" if ptr == "*fp32" else "tf32"}  # fmt: skip
+    sig = {n: "constexpr" if n in consts else "fp32" if n == "qk_scale" else ptr if n[0].isupper() else "i32"
+           for n in kernel.arg_names}  # fmt: skip
+    source = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    assert compiled.metadata.shared <= 99 * 1024
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+
+REAL = [  # (qlen, mlen, d_model, n_head, d_head, batch, attributes)
+    (128, 128, 512, 8, 64, 4, attrs(mem_len=128)),
+    (128, 640, 512, 8, 64, 2, attrs(mem_len=640, same_length=True, clamp_len=400)),
+    (128, 1600, 1024, 16, 64, 2, attrs(mem_len=1600, clamp_len=1000)),
+    (128, 1600, 1024, 8, 128, 1, attrs(mem_len=1000, same_length=True, pre_lnorm=True)),
+    (77, 0, 512, 8, 64, 3, attrs(mem_len=64)),
+]
+
+
+def cuda_inputs(qlen, mlen, d_model, n_head, d_head, batch, dtype) -> dict:
+    """make_inputs on the GPU, projections scaled by 1 / sqrt(fan in) as a trained model's roughly are."""
+    x = make_inputs(qlen, mlen, torch.float32, n_head=n_head, d_head=d_head, d_model=d_model, batch=batch)
+    for k in ("qkv_weight", "r_weight", "o_weight"):
+        x[k] = x[k] * (2.0 / math.sqrt(x[k].shape[1]))
+    return {k: (v if k.startswith("ln_") else v.to(dtype)).cuda() for k, v in x.items()}
+
+
+def needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
+    from trtformer.plugins import registry
+
+    return registry.PLUGINS["RelPositionAttention"].load_triton()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, F16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", REAL, ids=lambda s: f"q{s[0]}-m{s[1]}-d{s[2]}-h{s[3]}x{s[4]}-b{s[5]}")
+def test_gpu_real_sizes(shape, dtype):
+    module = needs_cuda()
+    *sizes, a = shape
+    x = cuda_inputs(*sizes, dtype)
+    a = {**a, "n_head": sizes[3], "d_head": sizes[4]}
+    out, new_mem = module.rel_position_attention_triton(**x, **a)
+    want, want_mem = reference(**x, **a)  # the eager body itself: the op would dispatch to Triton on CUDA
+    scale = max(1.0, want.float().abs().max().item())  # relative, as in the interpreter cases; klen up to 1728
+    assert (out.float() - want.float()).abs().max().item() <= {torch.float32: 1e-4, F16: 2e-2}[dtype] * scale
+    assert torch.equal(new_mem, want_mem)
+
+
+@pytest.mark.gpu
+def test_gpu_custom_op_dispatches_to_triton(monkeypatch):
+    module = needs_cuda()
+    calls = []
+    core = module.attention_core
+    monkeypatch.setattr(module, "attention_core", lambda *args, **kw: calls.append(args[0].device) or core(*args, **kw))
+    x, a = make_inputs(9, 4), attrs()
+    rel_position_attention(**x, **a)  # CPU: the reference, no Triton
+    assert calls == []
+    got = rel_position_attention(**{k: v.cuda() for k, v in x.items()}, **a)
+    assert [d.type for d in calls] == ["cuda"]
+    assert all((g.cpu() - w).abs().max() <= 1e-5 for g, w in zip(got, reference(**x, **a), strict=True))
+
+
+if __name__ == "__main__":  # the interpreter run, in the subprocess the fixture starts
+    torch.set_num_threads(1)  # the machine is shared; the sizes are tiny
+    print(json.dumps(interpreter_run()))
