@@ -131,6 +131,23 @@ BERT_ARCHITECTURE_HEADS = {
 }
 
 
+def _encoder_fields(hf: dict, defaults) -> dict:
+    """The config keys BERT-like encoders share, with `defaults` (a config instance) where config.json omits one."""
+    def get(key):
+        return hf.get(key) if hf.get(key) is not None else getattr(defaults, key)
+
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "num_hidden_layers": hf["num_hidden_layers"],
+        "num_attention_heads": hf["num_attention_heads"],
+        "intermediate_size": hf["intermediate_size"],
+        **{k: get(k) for k in ("hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                               "pad_token_id", "initializer_range")},
+        "num_labels": hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
+    }
+
+
 def bert_config_from_hf(hf: dict) -> bert.BertConfig:
     variant = hf["model_type"]
     prefix = BERT_PREFIXES[variant]
@@ -141,22 +158,11 @@ def bert_config_from_hf(hf: dict) -> bert.BertConfig:
     defaults = bert.BertConfig()
     return bert.BertConfig(
         variant=variant,
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        hidden_act=hf.get("hidden_act", defaults.hidden_act),
-        max_position_embeddings=hf.get("max_position_embeddings", defaults.max_position_embeddings),
-        type_vocab_size=hf.get("type_vocab_size", defaults.type_vocab_size),
-        layer_norm_eps=hf.get("layer_norm_eps", defaults.layer_norm_eps),
-        pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else defaults.pad_token_id,
+        **_encoder_fields(hf, defaults),
         embedding_size=hf.get("embedding_size") if variant in ("albert", "electra") else None,
         num_hidden_groups=hf.get("num_hidden_groups", 1) if variant == "albert" else 1,
         inner_group_num=hf.get("inner_group_num", 1) if variant == "albert" else 1,
         head=head,
-        num_labels=hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
-        initializer_range=hf.get("initializer_range", defaults.initializer_range),
     )
 
 
@@ -299,22 +305,11 @@ def longformer_config_from_hf(hf: dict) -> longformer.LongformerConfig:
     if dilation is not None:
         dilation = [[d] * n_head if isinstance(d, int) else d for d in dilation]
     return longformer.LongformerConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_hidden_layers=n_layer,
-        num_attention_heads=n_head,
-        intermediate_size=hf["intermediate_size"],
-        hidden_act=hf.get("hidden_act", defaults.hidden_act),
-        max_position_embeddings=hf.get("max_position_embeddings", defaults.max_position_embeddings),
-        type_vocab_size=hf.get("type_vocab_size", defaults.type_vocab_size),
-        layer_norm_eps=hf.get("layer_norm_eps", defaults.layer_norm_eps),
-        pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else defaults.pad_token_id,
+        **_encoder_fields(hf, defaults),
         sep_token_id=hf.get("sep_token_id") if hf.get("sep_token_id") is not None else defaults.sep_token_id,
         attention_window=hf.get("attention_window", longformer.DEFAULT_WINDOW),
         attention_dilation=dilation,
         head=head,
-        num_labels=hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
-        initializer_range=hf.get("initializer_range", defaults.initializer_range),
     )
 
 
