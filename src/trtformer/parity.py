@@ -237,7 +237,7 @@ def valid_positions(session: Session, name: str, array: np.ndarray, mask: np.nda
         return None
     axis = axes[0]
     valid = mask[:, -array.shape[axis]:].astype(bool)  # the last positions: new tokens come at the end
-    return valid.reshape(valid.shape[0], *([1] * (axis - 1)), valid.shape[1], *([1] * (array.ndim - axis - 1)))
+    return shapes.along_axis(valid, axis, array.ndim)
 
 
 def compare_outputs(session, case, got: dict, want: dict, tol: Tolerance | Agreement, mask) -> list[Comparison]:

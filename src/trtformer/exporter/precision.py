@@ -15,7 +15,7 @@ from torch import nn
 from ..models.layers import Linear32
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_HEADS = ("score", "multiple_choice_head", "crit")  # crit: Transformer-XL's (adaptive) softmax
+FP32_HEADS = ("crit",)  # Transformer-XL's (adaptive) softmax; projection heads are Linear32
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LayerNorm32, activation, init_normal_, masked_softmax_attention, merge_heads, split_heads
+from .layers import LayerNorm32, Linear32, activation, init_normal_, masked_softmax_attention, merge_heads, split_heads
 
 Variant = Literal["gpt1", "gpt2"]
 Head = Literal["lm", "sequence-classification", "double-heads"]
@@ -133,9 +133,9 @@ class GPT(nn.Module):
         self.ln_f = LayerNorm32(cfg.n_embd, eps=cfg.layer_norm_epsilon) if cfg.variant == "gpt2" else None
         # The LM head is tied to wte (both variants); the other heads add their own projection.
         if cfg.head == "sequence-classification":
-            self.score = nn.Linear(cfg.n_embd, cfg.num_labels, bias=False)
+            self.score = Linear32(cfg.n_embd, cfg.num_labels, bias=False)
         elif cfg.head == "double-heads":
-            self.multiple_choice_head = nn.Linear(cfg.n_embd, 1)
+            self.multiple_choice_head = Linear32(cfg.n_embd, 1)
 
     def init_weights(self, seed: int = 0) -> GPT:
         """Random init as the papers do; GPT-2 scales residual projections by 1/sqrt(2 * n_layer)."""
@@ -201,7 +201,7 @@ class GPT(nn.Module):
             # The rightmost real token, which is the last column under left padding.
             last = (key_pos[past_len:][None, :] * mask[:, past_len:]).argmax(-1)  # [batch]
             pooled = x[torch.arange(batch, device=x.device), last]  # [batch, n_embd]
-            out["logits"] = F.linear(pooled.float(), self.score.weight.float())  # [batch, num_labels]
+            out["logits"] = self.score(pooled)  # [batch, num_labels], fp32
             return out
         logits = F.linear(x.float(), self.wte.weight.float())  # [batch, seq, vocab], fp32 by contract
         out["logits"] = logits.reshape(*lead, seq, -1)
@@ -210,7 +210,7 @@ class GPT(nn.Module):
                 mc_token_ids = torch.full(lead, seq - 1, dtype=torch.long, device=x.device)
             idx = mc_token_ids.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1])  # [batch', 1, n_embd]
             summary = x.gather(1, idx).squeeze(1).float()  # [batch', n_embd]
-            mc = F.linear(summary, self.multiple_choice_head.weight.float(), self.multiple_choice_head.bias.float())
+            mc = self.multiple_choice_head(summary)
             out["mc_logits"] = mc.reshape(lead)  # [batch, choices]
             return out
         out.update(presents)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from . import shapes
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _to_length(array: np.ndarray, shape: list, mask: np.ndarray, longest: int, s
     if not axes:
         return array
     axis = axes[0]
-    keep = mask.astype(bool).reshape(mask.shape[0], *([1] * (axis - 1)), mask.shape[1], *([1] * (array.ndim - axis - 1)))
+    keep = shapes.along_axis(mask.astype(bool), axis, array.ndim)
     array = np.where(keep, array, np.zeros((), array.dtype))
     widths = [(0, 0)] * array.ndim
     widths[axis] = (longest - array.shape[axis], 0) if side == "left" else (0, longest - array.shape[axis])

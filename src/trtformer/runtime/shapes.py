@@ -136,3 +136,8 @@ def check(shape: Sequence[str | int], actual: Sequence[int], sizes: Mapping[str,
         if v is not None and v != got:
             problems.append(f"axis {axis} ({want}) must be {v}, got {got}")
     return problems
+
+
+def along_axis(mask, axis: int, ndim: int):
+    """A [batch, n] mask reshaped to broadcast over an `ndim`-dim array whose axis `axis` has the n positions."""
+    return mask.reshape(mask.shape[0], *([1] * (axis - 1)), mask.shape[1], *([1] * (ndim - axis - 1)))
