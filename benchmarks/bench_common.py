@@ -54,6 +54,16 @@ def run_and_write(name: str, out: Path, run, markdown, plot, logger: logging.Log
     logger.info("wrote %s/%s.{json,md,png}", out, name)
 
 
+def target_lines(targets: dict) -> list[str]:
+    """Markdown list items for a report's targets ({name: {"value", "target", "met"}}; None = not measured)."""
+    lines = []
+    for key, t in targets.items():
+        value = "not measured" if t["value"] is None else f"{t['value']:.2f}"
+        verdict = "" if t["met"] is None else ", met" if t["met"] else ", MISSED"
+        lines.append(f"- {key}: {value} (target {t['target']}{verdict})")
+    return lines
+
+
 def noisy_label(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%" + (" (noisy)" if share > NOISY else "")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write
+from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write, target_lines
 
 import trtformer
 from trtformer.bench import latency_stats
@@ -285,17 +285,12 @@ def markdown(report: dict) -> str:
                      f"| {mem.get('forward_peak_mib', float('nan')):.0f} | {mem.get('rss_loaded_mib', float('nan')):.0f} "
                      f"| {err} | {noisy_label(r['other_processes_cpu_share'])} |")
     cfg, m = report["model"]["config"], report["machine"]
-    goals = []
-    for key, t in report["targets"].items():
-        value = "not measured" if t["value"] is None else f"{t['value']:.2f}"
-        verdict = "" if t["met"] is None else ", met" if t["met"] else ", MISSED"
-        goals.append(f"{key}: {value} (target {t['target']}{verdict})")
     return "\n".join([
         "# Longformer scaling with the sequence", "",
         f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, window {cfg['attention_window']}, random weights, "
         f"batch 1 with the first token global; {m['cpu']} x{m['cpu_count']}, {m['threads']} threads", "",
         *lines, "",
-        *(f"- {g}" for g in goals),
+        *target_lines(report["targets"]),
         f"- skipped (would not fit in memory): {', '.join(report['settings']['skipped']) or 'none'}",
         "- dense differs from the others beyond half a window: it attends to every token",
         f"- memory: {report['settings']['memory']}",

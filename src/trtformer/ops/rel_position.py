@@ -33,14 +33,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def sinusoid_encodings(klen: int, d_model: int, clamp_len: int, device: torch.device) -> Tensor:  # [klen, d_model]
-    """Row m encodes the distance klen - 1 - m (row 0 the farthest key, the last row distance 0); fp32."""
-    pos = torch.arange(klen - 1, -1, -1, device=device, dtype=torch.float32)  # [klen]
-    if clamp_len > 0:  # distances beyond clamp_len share one encoding
-        pos = pos.clamp(max=clamp_len)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, d_model, 2, device=device, dtype=torch.float32) / d_model))
-    angles = pos[:, None] * inv_freq[None, :]  # [klen, d_model / 2]
+def sinusoid_encodings(pos: Tensor, d_model: int) -> Tensor:  # [len(pos), d_model] fp32
+    """R(d) = [sin(d * f), cos(d * f)] for the distances in pos."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d_model, 2, device=pos.device, dtype=torch.float32) / d_model))
+    angles = pos.float()[:, None] * inv_freq[None, :]  # [len(pos), d_model / 2]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def distance_projections(klen: int, clamp_len: int, r_weight: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """W_r R(d) for the distances that differ, d = 0 .. n_rel - 1: [n_rel, n_head * d_head].
+
+    n_rel is klen, or clamp_len + 1 when clamp_len > 0 caps it: farther distances share the last row. Projecting
+    only these rows is what makes clamp_len cheap (r_net costs n_rel rows, not klen, per segment).
+    """
+    n_rel = torch.sym_min(klen, clamp_len + 1) if clamp_len > 0 else klen  # a SymInt under export
+    enc = sinusoid_encodings(torch.arange(n_rel, device=device), r_weight.shape[1]).to(dtype)  # [n_rel, d_model]
+    return F.linear(enc, r_weight.to(dtype))
 
 
 def attention_allowed(qlen: int, mlen: int, mem_len: int, same_length: bool, device: torch.device) -> Tensor:
@@ -103,8 +111,10 @@ def reference(
     q = q.view(qlen, batch, n_head, d_head).permute(1, 2, 0, 3)  # [batch, heads, qlen, d_head]
     k, v = kv.view(klen, batch, 2, n_head, d_head).permute(2, 1, 3, 0, 4).unbind(0)  # 2 x [batch, heads, klen, d_head]
 
-    r = sinusoid_encodings(klen, d_model, clamp_len, hidden.device).to(dtype)  # [klen, d_model]
-    r_head = F.linear(r, r_weight.to(dtype)).view(klen, n_head, d_head).permute(1, 2, 0)  # [heads, d_head, klen]
+    rel = distance_projections(klen, clamp_len, r_weight, dtype, hidden.device)  # [n_rel, hd], row d = distance d
+    distance = torch.arange(klen - 1, -1, -1, device=hidden.device)  # of key m from the last query: klen - 1 - m
+    distance = distance.clamp(max=clamp_len) if clamp_len > 0 else distance
+    r_head = rel.index_select(0, distance).view(klen, n_head, d_head).permute(1, 2, 0)  # [heads, d_head, klen]
 
     content = torch.matmul(q + r_w_bias.to(dtype)[:, None], k.transpose(-1, -2))  # (a)+(c): [batch, heads, qlen, klen]
     position = rel_shift(torch.matmul(q + r_r_bias.to(dtype)[:, None], r_head))  # (b) + (d): [batch, heads, qlen, klen]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...ops.rel_position import OP, _layer_norm32, sinusoid_encodings
+from ...ops.rel_position import OP, _layer_norm32, distance_projections
 
 # What the reference's masked_fill writes; with it a fully masked row averages all keys, as there.
 FILL = tl.constexpr(torch.finfo(torch.float32).min)
@@ -186,9 +186,7 @@ def rel_position_attention_into(
     torch.mm(x_h.reshape(qlen * batch, d_model), w[hd:].t(), out=kv_rows[mlen * batch :])
 
     # Row d is distance d; with clamp_len the rows stop at clamp_len and the kernel caps its index there.
-    n_rel = min(klen, clamp_len + 1) if clamp_len > 0 else klen
-    enc = sinusoid_encodings(n_rel, d_model, 0, hidden.device).flip(0).to(dtype)  # [n_rel, d_model]
-    rel = F.linear(enc, r_weight.to(dtype))  # [n_rel, hd]
+    rel = distance_projections(klen, clamp_len, r_weight, dtype, hidden.device)  # [n_rel, hd]
 
     attn = torch.empty_like(q)  # [qlen, batch, hd]
     window = mem_len if same_length else klen
