@@ -15,7 +15,7 @@ import torch
 
 from ..errors import require
 from ..exporter.translations import PLUGIN_NAMESPACE, PLUGIN_VERSION, TRANSLATIONS
-from ..ops import rel_position
+from ..ops import rel_position, sliding_window
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class Plugin:
         return importlib.import_module(f"{__package__}.{self.package}.trt")
 
 
-PLUGINS: dict[str, Plugin] = {p.name: p for p in (Plugin(rel_position.OP, "rel_position"),)}
+PLUGINS: dict[str, Plugin] = {
+    p.name: p for p in (Plugin(rel_position.OP, "rel_position"), Plugin(sliding_window.OP, "sliding_window"))
+}
 
 
 def plugin_for(op) -> Plugin:
