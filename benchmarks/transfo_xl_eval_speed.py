@@ -188,19 +188,23 @@ def plot(report: dict):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, (ax_time, ax_ratio) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in dict.fromkeys(r["backend"] for r in report["results"]):
+    for color, name in enumerate(dict.fromkeys(r["backend"] for r in report["results"])):
         rows = [r for r in report["results"] if r["backend"] == name]
-        lengths = [r["length"] for r in rows]
-        label = BACKENDS[name][1]
-        ax_time.plot(lengths, [r["sliding_window_ms_per_token"]["p50_ms"] for r in rows], marker="o", label=f"{label}, sliding window")
-        ax_time.plot(lengths, [r["memory_reuse_ms_per_token"]["p50_ms"] for r in rows], marker="s", ls="--", label=f"{label}, memory reuse")
-        ax_ratio.plot(lengths, [r["speedup"] for r in rows], marker="o", label=label)
+        lengths, label, c = [r["length"] for r in rows], BACKENDS[name][1], f"C{color}"  # one colour a backend
+        for key, marker, ls, how in (("sliding_window", "o", "-", "sliding window"), ("memory_reuse", "s", "--", "memory reuse")):
+            times = [r[f"{key}_ms_per_token"]["p50_ms"] for r in rows]
+            ax_time.plot(lengths, times, marker=marker, ls=ls, color=c, label=f"{label}, {how}")
+        ax_ratio.plot(lengths, [r["speedup"] for r in rows], marker="o", color=c, label=label)
     ax_ratio.plot(list(PAPER), list(PAPER.values()), marker="*", ms=10, color="black", ls=":", label="paper (Table 9, GPU)")
+    ticks = sorted({r["length"] for r in report["results"]})
     for ax, label in ((ax_time, "ms per predicted token (log)"), (ax_ratio, "speed-up of memory reuse (log)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("attention length")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
