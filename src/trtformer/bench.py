@@ -155,3 +155,24 @@ def measure_forward(session, feeds: Mapping[str, np.ndarray], warmup: int = 1, r
         if i >= warmup:
             samples.append(time.perf_counter() - t0)
     return {"backend": session.name, "warmup": warmup, "runs": runs, "latency": latency_stats(samples)}
+
+
+def measure_segments(session, batch: int, seg: int, warmup: int = 4, runs: int = 10, seed: int = 0) -> dict:
+    """Per-segment latency of a model with segment memory (Transformer-XL) at steady state: segments are fed until the
+    memory stops growing, then `warmup` more (a backend with CUDA graphs captures in those), then `runs` timed ones, so
+    every timed segment attends over a full memory."""
+    from .runtime.stream import Stream
+
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    stream = Stream(session, batch)
+    ids = prompt_ids(_vocab_size(session), batch, seg, seed)
+    fill = -(-(stream.memory_limit or seg) // seg)  # segments until the memory is full
+    samples = []
+    for i in range(fill + warmup + runs):
+        t0 = time.perf_counter()
+        stream.feed(ids)
+        if i >= fill + warmup:
+            samples.append(time.perf_counter() - t0)
+    return {"backend": session.name, "batch": batch, "seg": seg, "memory": stream.memory_length, "warmup": warmup,
+            "runs": runs, "latency": latency_stats(samples)}

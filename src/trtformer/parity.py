@@ -359,7 +359,8 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
     session = Session.open(artifact, backend=backend, **backend_options)
     reference = Session.open(artifact, backend="torch", verify=False)
     precision = session.artifact.manifest["precision"]
-    graph = session.artifact.graph_name(backend_options.get("model", "default")) if backend.startswith("ort") else "reference"
+    graph = (session.artifact.graph_name(backend_options.get("model", "default")) if backend.startswith("ort")
+             else "engine" if backend == "tensorrt" else "reference")
     quantized = graph == "int8"
     report = ParityReport(str(artifact), backend, precision, TOLERANCES[precision], criterion="agreement" if quantized else "tolerance", graph=graph)
     tol = AGREEMENT if quantized else report.tolerance
@@ -383,6 +384,6 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
             existing = json.loads(path.read_text()) if path.is_file() else {}
         except ValueError:
             existing = {}
-        existing[backend if graph in ("reference", session.artifact.graph_name()) else f"{backend}:{graph}"] = report.to_dict()
+        existing[backend if graph in ("reference", "engine", session.artifact.graph_name()) else f"{backend}:{graph}"] = report.to_dict()
         write_json_atomic(path, existing)
     return report

@@ -39,7 +39,7 @@ class EngineBuild:
     seconds: float
 
 
-def _make_logger(trt):
+def make_logger(trt):
     """A trt.ILogger that forwards to logging and keeps the errors for the exception message."""
 
     class Logger(trt.ILogger):
@@ -161,7 +161,7 @@ def save_timing_cache(config, path: Path) -> None:
 def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Targets, timing_cache: Path | None = None):
     """Parse, configure and build; returns the serialized engine (a buffer). Raises EngineError on failure."""
     trt = kit.trt
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     try:
         builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as exc:  # pybind reports a failed constructor as one of these

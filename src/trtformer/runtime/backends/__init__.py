@@ -1,4 +1,5 @@
-"""Backend registry. Each entry is imported only when chosen, so `ort-cpu` never imports torch or TensorRT."""
+"""Backend registry. Each entry is imported only when chosen, so `ort-cpu` never imports torch or TensorRT, and the
+GPU backends touch CUDA only when created."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from .base import Backend, State
 # name -> (module, factory, keyword arguments)
 REGISTRY: dict[str, tuple[str, str, dict]] = {
     "torch": ("trtformer.runtime.backends.torch", "TorchBackend", {}),
+    "torch-cuda": ("trtformer.runtime.backends.torch", "TorchBackend", {"device": "cuda"}),
+    "torch-cuda-triton": ("trtformer.runtime.backends.torch", "TorchBackend", {"device": "cuda", "triton": True}),
     "ort-cpu": ("trtformer.runtime.backends.ort", "OrtBackend", {"device": "cpu"}),
     "ort-cuda": ("trtformer.runtime.backends.ort", "OrtBackend", {"device": "cuda"}),
+    "tensorrt": ("trtformer.runtime.backends.tensorrt", "TensorRTBackend", {}),
 }
 
 

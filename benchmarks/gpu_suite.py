@@ -1,0 +1,328 @@
+"""GPU suite: parity and latency of every family on every backend this machine has, in one command.
+
+    python benchmarks/gpu_suite.py --out /tmp/suite          # parity on tiny presets, latency at a representative shape
+    python benchmarks/gpu_suite.py --quick --out /tmp/q      # tiny everything (the CPU test runs this)
+
+Backends, in this order: ort-cpu, torch (CPU), torch-cuda (eager), torch-cuda-triton (the fused ops' Triton kernels;
+after torch-cuda, since loaded kernels serve every later CUDA call of those ops), ort-cuda, tensorrt (the engine
+`trtformer build` makes with the flavor installed) and, for models with state, tensorrt with CUDA graphs. A backend
+this machine lacks is a row "skipped: <reason>"; a backend that raises is a row "error: <message>".
+
+Parity: `trtformer.parity.check_parity` on each family's tiny preset (GPT-2, BERT, Longformer, Transformer-XL).
+Latency, without --quick, on a representative model per family (GPT-2 small decode, BERT-base, Longformer-base at
+2048 tokens, Transformer-XL of the enwik8 base shape at steady state with a 512-row memory); with --quick on the tiny
+presets at small shapes. Latency is wall-clock per call with numpy in and out (what a service sees: the host copy of
+the outputs synchronises the GPU). A time budget (--budget-s) skips the latency rows left when it is spent, so a full
+run stays within 8 minutes. Writes gpu_suite.json, .md and .png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_common import machine_info, run_and_write
+
+import trtformer
+from trtformer import bench
+from trtformer.errors import TrtformerError
+from trtformer.parity import check_parity, padded_feeds
+
+log = logging.getLogger("gpu_suite")
+
+
+def longformer_base(directory: Path) -> Path:
+    from longformer_scaling import make_checkpoint
+
+    make_checkpoint(directory, quick=False, max_len=4096)
+    return directory
+
+
+def transfo_xl_base(directory: Path) -> Path:
+    from transfo_xl_eval_speed import make_checkpoint
+
+    make_checkpoint(directory, quick=False, mem_len=512)
+    return directory
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    tiny: str  # preset for parity, and for latency with --quick
+    kind: str  # decode | forward | segments: how latency is measured
+    quick: dict  # latency shape with --quick
+    full: dict  # latency shape on the representative model
+    representative: Callable[[Path], str | Path]  # a preset name, or a checkpoint made in the given directory
+    label: str  # the representative model, for the report
+    stateful: bool = False
+
+
+FAMILIES = [
+    Family("gpt", "tiny-gpt2", "decode", {"batch": 1, "prompt_len": 8, "new_tokens": 8},
+           {"batch": 1, "prompt_len": 128, "new_tokens": 32}, lambda _: "gpt2-small-random", "GPT-2 small", stateful=True),
+    Family("bert", "tiny-bert", "forward", {"batch": 2, "seq": 16}, {"batch": 8, "seq": 128}, lambda _: "bert-base-random",
+           "BERT-base"),
+    Family("longformer", "tiny-longformer", "forward", {"batch": 1, "seq": 64}, {"batch": 1, "seq": 2048}, longformer_base,
+           "Longformer-base"),
+    Family("transfo_xl", "tiny-transfo-xl", "segments", {"batch": 1, "seg": 8}, {"batch": 1, "seg": 128}, transfo_xl_base,
+           "Transformer-XL enwik8 base, memory 512", stateful=True),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Backend:
+    label: str  # the row's name
+    registry: str  # trtformer backend name
+    options: dict = field(default_factory=dict)
+    stateful_only: bool = False  # rows only for families with state
+
+
+BACKENDS = [
+    Backend("ort-cpu", "ort-cpu"),
+    Backend("torch", "torch"),
+    Backend("torch-cuda", "torch-cuda"),
+    Backend("torch-cuda-triton", "torch-cuda-triton"),
+    Backend("ort-cuda", "ort-cuda"),
+    Backend("tensorrt", "tensorrt"),
+    Backend("tensorrt-graphs", "tensorrt", {"cuda_graphs": True}, stateful_only=True),
+]
+UNITS = {"decode": "ms per token", "forward": "ms per forward", "segments": "ms per segment"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny presets and small shapes for latency too")
+    p.add_argument("--out", type=Path, required=True, help="directory for gpu_suite.{json,md,png}")
+    p.add_argument("--families", nargs="+", choices=[f.name for f in FAMILIES], default=[f.name for f in FAMILIES])
+    p.add_argument("--backends", nargs="+", choices=[b.label for b in BACKENDS], default=[b.label for b in BACKENDS])
+    p.add_argument("--runs", type=int, help="timed calls per latency row (default 20; 3 with --quick)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="latency rows left when this many seconds have passed are skipped")
+    args = p.parse_args(argv)
+    if args.runs is None:
+        args.runs = 3 if args.quick else 20
+    return args
+
+
+# --- what this machine has ------------------------------------------------------------------------------------
+
+def missing(backend: Backend) -> str | None:
+    """Why `backend` cannot run here, or None. The last word is creating a session (an engine may still not fit)."""
+    if backend.registry in ("ort-cpu", "torch"):
+        return None
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU (torch {torch.__version__} sees none)"
+    if backend.registry == "torch-cuda-triton" and importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'trtformer[triton]')"
+    if backend.registry == "ort-cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    if backend.registry == "tensorrt":
+        return tensorrt_missing()
+    return None
+
+
+def tensorrt_missing() -> str | None:
+    from trtformer.engines import flavors
+
+    try:
+        kit = flavors.load("auto")
+    except TrtformerError as exc:
+        return exc.one_line()
+    device = flavors.device_capability()
+    if kit.ahead_of_time and device not in flavors.rtx_capabilities(kit.trt):
+        return (f"full TensorRT is not installed, and {kit.label} does not target this GPU (compute capability {device}; "
+                f"it targets {', '.join(flavors.rtx_capabilities(kit.trt))})")
+    return None
+
+
+# --- rows -----------------------------------------------------------------------------------------------------
+
+def prepare(backend: Backend, artifact: Path) -> None:
+    """Build the engine a tensorrt row needs; it is cached in the artifact, so the graph rows reuse it."""
+    if backend.registry == "tensorrt":
+        from trtformer.engines import build_engine
+
+        build = build_engine(artifact)
+        log.info("engine %s (%s, %.1f s)", build.name, "cached" if build.cached else "built", build.seconds)
+
+
+def open_session(backend: Backend, artifact: Path, threads: int):
+    prepare(backend, artifact)
+    options = {"threads": threads} if backend.registry in ("ort-cpu", "torch") else {}
+    return trtformer.load(artifact, backend=backend.registry, **options, **backend.options)
+
+
+def guarded(row: dict, work: Callable[[], dict]) -> dict:
+    """`work()`'s fields added to the row; a trtformer error (what the backend lacks) skips it, anything else is an error."""
+    try:
+        row.update(work())
+    except TrtformerError as exc:
+        row.update(status="skipped", reason=exc.one_line())
+    except Exception as exc:  # the suite reports every row rather than stop at the first broken backend
+        log.warning("%s %s %s failed", row["family"], row["backend"], row["check"], exc_info=True)
+        row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+    return row
+
+
+def parity_row(backend: Backend, family: Family, artifact: Path) -> dict:
+    def work() -> dict:
+        prepare(backend, artifact)
+        report = check_parity(artifact, backend=backend.registry, write=False, **backend.options)
+        judged = [c for c in report.comparisons if c.passed is not None]
+        return {"status": "passed" if report.passed else "failed", "comparisons": len(judged),
+                "failed": [f"{c.case}: {c.output}" for c in judged if not c.passed],
+                "max_abs": max((c.max_abs for c in judged), default=0.0), "min_cosine": min((c.cosine for c in judged), default=1.0)}
+
+    return guarded({"family": family.name, "backend": backend.label, "check": "parity", "model": family.tiny}, work)
+
+
+def measure(session, family: Family, shape: dict, runs: int) -> dict:
+    if family.kind == "decode":
+        r = bench.measure_decode(session, warmup=1, runs=max(1, runs // shape["new_tokens"]), **shape)
+        return {"latency": r["decode_ms_per_token"], "prefill_ms_p50": r["prefill_ms_p50"]}
+    if family.kind == "segments":
+        return {"latency": bench.measure_segments(session, warmup=4, runs=runs, **shape)["latency"]}
+    feeds = padded_feeds(session, shape["batch"], shape["seq"], False, np.random.default_rng(0))
+    return {"latency": bench.measure_forward(session, feeds, warmup=2, runs=runs)["latency"]}
+
+
+def latency_row(backend: Backend, family: Family, artifact: Path, shape: dict, model: str, args, threads: int, start: float) -> dict:
+    row = {"family": family.name, "backend": backend.label, "check": "latency", "model": model,
+           "shape": " ".join(f"{k} {v}" for k, v in shape.items()), "unit": UNITS[family.kind]}
+    spent = time.perf_counter() - start
+    if spent > args.budget_s:
+        return {**row, "status": "skipped", "reason": f"the time budget of {args.budget_s:.0f} s was spent ({spent:.0f} s)"}
+
+    def work() -> dict:
+        session = open_session(backend, artifact, threads)
+        return {"status": "measured", **measure(session, family, shape, args.runs)}
+
+    return guarded(row, work)
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+def export(source, path: Path) -> Path:
+    t0 = time.perf_counter()
+    trtformer.export(source, path, form="portable", precision="fp32", overwrite=True)
+    log.info("exported %s in %.1f s", source if isinstance(source, str) else source.name, time.perf_counter() - t0)
+    return path
+
+
+def run(args, tmp: Path) -> dict:
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    families = [f for f in FAMILIES if f.name in args.families]
+    backends = [b for b in BACKENDS if b.label in args.backends]
+    tiny = {f.name: export(f.tiny, tmp / f.tiny) for f in families}
+    reasons = {b.label: missing(b) for b in backends}
+    for label, reason in reasons.items():
+        log.info("%s: %s", label, f"skipped ({reason})" if reason else "available")
+    parity, latency, models = [], [], {}
+    for family in families:
+        if args.quick:
+            models[family.name] = (tiny[family.name], family.tiny, family.quick)
+        elif any(reasons[b.label] is None for b in backends):
+            source = family.representative(tmp / f"{family.name}-checkpoint")
+            models[family.name] = (export(source, tmp / f"{family.name}-latency"), f"{family.label} (random weights)", family.full)
+    # Backend-major: torch-cuda-triton's kernels stay loaded, so every torch-cuda row runs before them.
+    for backend in backends:
+        for family in families:
+            if backend.stateful_only and not family.stateful:
+                continue
+            if reasons[backend.label] is not None:
+                for check, rows in (("parity", parity), ("latency", latency)):
+                    rows.append({"family": family.name, "backend": backend.label, "check": check, "status": "skipped",
+                                 "reason": reasons[backend.label]})
+                continue
+            log.info("%s on %s: parity", family.name, backend.label)
+            parity.append(parity_row(backend, family, tiny[family.name]))
+            artifact, model, shape = models[family.name]
+            log.info("%s on %s: latency (%s)", family.name, backend.label, model)
+            latency.append(latency_row(backend, family, artifact, shape, model, args, threads, start))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next backend measures without this one's cached blocks
+    machine = machine_info(threads)
+    machine["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "benchmark": "gpu_suite",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mode": "quick" if args.quick else "full",
+        "settings": {"runs": args.runs, "budget_s": args.budget_s, "precision": "fp32", "form": "portable",
+                     "latency": "wall-clock per call, numpy in and out; decode per token, Transformer-XL per segment "
+                                "with a full memory"},  # fmt: skip
+        "machine": machine,
+        "backends": {label: {"available": reason is None, "reason": reason} for label, reason in reasons.items()},
+        "parity": parity,
+        "latency": latency,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def status_cell(row: dict) -> str:
+    if row["status"] in ("skipped", "error"):
+        return f"{row['status']}: {row['reason']}"
+    if row["check"] == "parity":
+        extra = f"; failed {', '.join(row['failed'][:3])}" if row["failed"] else ""
+        return f"{row['status']} ({row['comparisons']} checks, max abs {row['max_abs']:.1e}, min cosine {row['min_cosine']:.6f}{extra})"
+    lat = row["latency"]
+    return f"p50 {lat['p50_ms']:.3f}, p90 {lat['p90_ms']:.3f}, p99 {lat['p99_ms']:.3f} {row['unit']} ({row['model']}, {row['shape']})"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# GPU suite", "",
+             f"{report['mode']} run on {m['gpu'] or 'no GPU'}; {m['cpu']} x{m['cpu_count']}, {m['threads']} threads; "
+             f"{report['seconds']:.0f} s", ""]  # fmt: skip
+    for check in ("parity", "latency"):
+        lines += [f"## {check.capitalize()}", "", "| family | backend | result |", "|---|---|---|"]
+        lines += [f"| {r['family']} | {r['backend']} | {status_cell(r)} |" for r in report[check]]
+        lines.append("")
+    lines += [f"- {report['settings']['latency']}; parity on the tiny presets against the torch reference (CPU)",
+              f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+              f"- command: `{report['command']}`", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(report: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in report["latency"])) or ["none"]
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        rows = [r for r in report["latency"] if r["family"] == family and r["status"] == "measured"]
+        p50 = np.array([r["latency"]["p50_ms"] for r in rows])
+        p99 = np.array([r["latency"]["p99_ms"] for r in rows])
+        ax.bar(range(len(rows)), p50, yerr=[np.zeros_like(p50), p99 - p50], capsize=3)
+        ax.set_xticks(range(len(rows)), [r["backend"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{family}: {rows[0]['model']}" if rows else family, fontsize=9)
+        ax.set_ylabel(rows[0]["unit"] + " (bar p50, whisker p99)" if rows else "")
+        if len(p50) and p50.max() / max(p50.min(), 1e-9) > 20:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"trtformer GPU suite ({report['mode']}, {report['machine']['gpu'] or 'no GPU'})", fontsize=10)
+    return fig
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run_and_write("gpu_suite", args.out, lambda tmp: run(args, tmp), markdown, plot, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The tensorrt backend: an artifact's engine (full TensorRT or TensorRT-RTX) run on a CUDA GPU.
+
+The engine is the one `trtformer build` stored in the artifact, checked against the artifact, the installed flavor and
+this GPU's compute capability before it is deserialized. Device buffers are torch CUDA tensors and every call runs on
+the backend's own torch CUDA stream (set_input_shape, set_tensor_address, execute_async_v3). Fetched outputs come
+back as numpy; state outputs stay on the device and are bound as the next step's inputs, never through the host.
+
+Without CUDA graphs each step writes its state into new tensors (torch's caching allocator recycles them), so an old
+State stays valid. With `cuda_graphs=True`, steps write state into two fixed ping-pong slots, and a step whose shapes
+and source slot were seen before replays a captured graph (see buffers.py); a State overwritten since is refused.
+Importing this module imports neither TensorRT flavor nor initialises CUDA: that happens when the backend is created.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...engines import flavors
+from ...engines.build import make_logger
+from ...engines.loader import read_engine
+from ...errors import BackendError, EngineError, InputError
+from .base import State
+from .buffers import GraphCache, PingPong, address, profile_problems, shape_key, to_device, to_numpy, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+def register_plugins(manifest: dict) -> list[str]:
+    """Register the creators of the plugins a plugin-form artifact uses (full TensorRT; before deserializing, which
+    looks them up), under the plugin's name and every op type its nodes carry. Returns the plugin names."""
+    from ...plugins.registry import PLUGINS
+
+    names = []
+    for record in manifest.get("plugins", []):
+        plugin = PLUGINS.get(record["name"])
+        if plugin is None:
+            raise EngineError(f"the artifact uses the plugin {record['name']!r}, which this trtformer does not provide",
+                              hint="re-export with this trtformer, or in the portable form")
+        plugin.load_trt().register([t["op_type"] for t in record.get("op_types", [])])
+        names.append(record["name"])
+    return names
+
+
+@dataclass
+class Graph:
+    """A captured step: the graph and the static buffers it reads (stateless inputs) and writes (other outputs)."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, artifact, flavor: str = "auto", engine: str | None = None, cuda_graphs: bool = False,
+                 max_graphs: int = 8, device_id: int = 0):
+        kit = flavors.load(flavor)
+        stored = read_engine(artifact, flavor=kit.name, engine=engine, compute_capability=flavors.device_capability(device_id))
+        if not torch.cuda.is_available():
+            raise BackendError(f"the tensorrt backend runs {stored.name} on a CUDA GPU, and torch {torch.__version__} sees none",
+                               hint="run on a machine with an NVIDIA GPU and a CUDA build of torch")
+        if kit.name == "tensorrt":  # TensorRT-RTX has no plugin layers: its engines inlined the local functions
+            register_plugins(artifact.manifest)
+        self.kit, self.engine_name = kit, stored.name
+        self.device = torch.device("cuda", device_id)
+        self.stream = torch.cuda.Stream(self.device)
+        self.logger = make_logger(kit.trt)  # kept: TensorRT does not hold the Python object
+        with torch.cuda.device(self.device):  # TensorRT allocates on the current device
+            self.runtime = kit.trt.Runtime(self.logger)
+            self.engine = self.runtime.deserialize_cuda_engine(stored.data)
+            if self.engine is None:
+                raise EngineError(f"{kit.label} cannot deserialize {stored.name}: {self._errors()}")
+            self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError(f"{kit.label} cannot create an execution context for {stored.name}: {self._errors()}")
+        io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in io if self.engine.get_tensor_mode(n) == kit.trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in io if n not in inputs]
+        want_in, want_out = {t["name"] for t in artifact.inputs}, {t["name"] for t in artifact.outputs}
+        if set(inputs) != want_in or set(self.outputs) != want_out:
+            raise EngineError(f"{stored.name} has inputs {inputs} and outputs {self.outputs}, the manifest "
+                              f"{sorted(want_in)} and {sorted(want_out)}")
+        self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n).name) for n in io}
+        self.profile = stored.record["profiles"][0]["inputs"]
+        self.output_names = [t["name"] for t in artifact.outputs]
+        self.state_pairs = {s["input"]: s["output"] for s in artifact.state}
+        self.placeholder = torch.empty(256, dtype=torch.uint8, device=self.device)  # bound for empty tensors
+        self.pool = PingPong(self.device) if cuda_graphs else None
+        self.graphs = GraphCache(max_graphs) if cuda_graphs else None
+        log.info("tensorrt backend: %s on %s (%s)%s", stored.name, torch.cuda.get_device_name(self.device), kit.label,
+                 ", CUDA graphs" if cuda_graphs else "")
+
+    def _errors(self) -> str:
+        return " | ".join(self.logger.errors[-3:]) or "no message from TensorRT"
+
+    # --- binding -----------------------------------------------------------------------------------------
+
+    def _set_shapes(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+        """Set every input's shape on the context; return every output's shape."""
+        problems = profile_problems(self.profile, shapes)
+        if problems:
+            raise InputError(f"{self.engine_name} was built for other shapes: {'; '.join(problems)}",
+                             hint="rebuild the engine with a wider profile, e.g. `trtformer build ARTIFACT --profile batch=1:4:64`")
+        for name, shape in shapes.items():
+            if not self.context.set_input_shape(name, tuple(shape)):
+                raise InputError(f"{self.kit.label} refused {name} of shape {tuple(shape)}: {self._errors()}")
+        out = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
+        unknown = [n for n, shape in out.items() if min(shape, default=0) < 0]
+        if unknown:  # data-dependent output shapes would need an output allocator; trtformer's graphs have none
+            raise BackendError(f"{self.kit.label} cannot tell the shapes of {unknown} before running: {self._errors()}")
+        return out
+
+    def _execute(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Bind every input and output (shapes already set) and enqueue on the backend's stream."""
+        for name, tensor in tensors.items():
+            self.context.set_tensor_address(name, address(tensor, self.placeholder))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise BackendError(f"{self.kit.label} failed to run {self.engine_name}: {self._errors()}")
+
+    def _upload(self, feeds: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {n: to_device(a, self.dtypes[n], self.device) for n, a in feeds.items()}
+
+    def _empty(self, shapes: Mapping[str, Sequence[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {n: torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in names}
+
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One eager forward into new output tensors."""
+        out_shapes = self._set_shapes({n: t.shape for n, t in inputs.items()})
+        outputs = self._empty(out_shapes, self.outputs)
+        self._execute({**inputs, **outputs})
+        return outputs
+
+    # --- protocol ----------------------------------------------------------------------------------------
+
+    def run(self, feeds: Mapping[str, np.ndarray], fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        with torch.cuda.stream(self.stream):
+            outputs = self._forward(self._upload(feeds))
+            return {n: to_numpy(outputs[n]) for n in (fetch or self.output_names)}
+
+    def empty_state(self, shapes, dtypes, sizes) -> State:
+        with torch.cuda.stream(self.stream):
+            return State({n: torch.zeros(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in shapes},
+                         dict(sizes), self.name)
+
+    def state_from_numpy(self, arrays, sizes) -> State:
+        with torch.cuda.stream(self.stream):
+            return State(self._upload(arrays), dict(sizes), self.name)
+
+    def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
+        if self.pool is not None:
+            self.pool.slot_of(state)  # refuses an overwritten state
+        with torch.cuda.stream(self.stream):
+            return {n: to_numpy(v) for n, v in state.values.items()}
+
+    def step(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
+        with torch.cuda.stream(self.stream):
+            if self.pool is None:
+                outputs = self._forward({**self._upload(feeds), **state.values})
+                new = State({n: outputs[self.state_pairs[n]] for n in state.values}, new_sizes, self.name)
+                return {n: to_numpy(outputs[n]) for n in fetch}, new
+            return self._step_in_slots(feeds, state, fetch, new_sizes)
+
+    # --- fixed buffers and CUDA graphs ---------------------------------------------------------------------
+
+    def _step_in_slots(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
+        source = self.pool.slot_of(state)
+        target = self.pool.target(source)
+        shapes = {**{n: a.shape for n, a in feeds.items()}, **{n: v.shape for n, v in state.values.items()}}
+        out_shapes = self._set_shapes(shapes)
+        pairs = {n: self.state_pairs[n] for n in state.values}
+        new_state = self.pool.claim(target, {n: (out_shapes[o], self.dtypes[o]) for n, o in pairs.items()})
+        state_outputs = {pairs[n]: v for n, v in new_state.items()}
+        # The slot is part of the key: a graph reads the addresses of the slot it was captured from.
+        key = (shape_key(shapes), source)
+        graph = self.graphs.get(key, self.pool.epoch) if source is not None else None
+        if graph is not None:
+            for name, array in feeds.items():
+                graph.inputs[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+            graph.graph.replay()
+            outputs = graph.outputs
+        else:
+            inputs = self._upload(feeds)
+            outputs = self._empty(out_shapes, [n for n in self.outputs if n not in state_outputs])
+            self._execute({**inputs, **state.values, **outputs, **state_outputs})
+            if source is not None and self.graphs.sighted(key):
+                self._capture(key, inputs, outputs)
+        fetched = {n: to_numpy(outputs[n]) for n in fetch}
+        return fetched, self.pool.state(target, new_state, new_sizes, self.name)
+
+    def _capture(self, key, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Capture the enqueue just run eagerly (same shapes and addresses, as TensorRT asks before a capture); its
+        buffers become the graph's. A failed capture leaves the key to run eagerly from then on."""
+        if not self.context.is_stream_capturable(self.stream.cuda_stream):
+            self.graphs.refuse(key)
+            log.warning("%s cannot be captured in a CUDA graph on this stream; running it eagerly", self.engine_name)
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream):
+                ok = self.context.execute_async_v3(self.stream.cuda_stream)
+        except RuntimeError as exc:
+            ok = False
+            log.debug("CUDA graph capture failed", exc_info=exc)
+        if not ok:
+            self.graphs.refuse(key)
+            log.warning("capturing %s in a CUDA graph failed (%s); running these shapes eagerly", self.engine_name, self._errors())
+            return
+        self.graphs.add(key, Graph(graph, inputs, outputs))
