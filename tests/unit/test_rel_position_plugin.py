@@ -7,12 +7,12 @@ an engine with the plugin layer against the eager op.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from support import heavy_modules_after
 from test_rel_position_op import attrs, make_inputs
 
 from trtformer.errors import DependencyError, EngineError
@@ -32,10 +32,7 @@ def test_registry_names_come_from_the_translation():
 
 
 def test_imports_stay_lazy():
-    code = ("import sys, trtformer.plugins.registry, trtformer.plugins.rel_position.trt; "
-            "print(sorted(m for m in ('triton', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert heavy_modules_after("trtformer.plugins.registry", "trtformer.plugins.rel_position.trt") == []
 
 
 def test_missing_triton_is_a_dependency_error(monkeypatch):

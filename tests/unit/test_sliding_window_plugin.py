@@ -8,13 +8,13 @@ registry and an engine with the plugin layer against the eager op.
 from __future__ import annotations
 
 import enum
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from support import heavy_modules_after
 from test_rel_position_plugin import full_tensorrt  # tensorrt with IPluginV3, or a skip
 from test_sliding_window_triton import Case
 
@@ -38,10 +38,7 @@ def test_registry_names_come_from_the_translation():
 
 
 def test_imports_stay_lazy():
-    code = ("import sys, trtformer.plugins.registry, trtformer.plugins.trt_common, trtformer.plugins.sliding_window.trt; "
-            "print(sorted(m for m in ('triton', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert heavy_modules_after("trtformer.plugins.registry", "trtformer.plugins.trt_common", "trtformer.plugins.sliding_window.trt") == []
 
 
 def test_missing_triton_or_tensorrt_is_a_dependency_error(monkeypatch):

@@ -10,12 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from support import run_interpreted
 from test_sliding_window_op import LargestTensor  # the largest tensor torch makes while active
 
 from trtformer.ops.sliding_window import sliding_window_attention, sliding_window_reference
@@ -117,11 +115,7 @@ def interpreter_run() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", CASES)
