@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import trtformer
+from trtformer.engines.flavors import DTYPE_NAMES
 from trtformer.errors import BackendError, EngineError, InputError
 from trtformer.runtime import backends
 from trtformer.runtime.backends.base import State
 from trtformer.runtime.backends.buffers import (
-    TRT_TO_TORCH,
     GraphCache,
     PingPong,
     SlotState,
@@ -46,7 +46,7 @@ def test_dtype_map_covers_what_the_exporter_writes_and_names_what_it_cannot_bind
 
 def test_dtype_map_uses_tensorrt_member_names():
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed")
-    assert set(TRT_TO_TORCH) <= set(trt.DataType.__members__)
+    assert set(DTYPE_NAMES) <= set(trt.DataType.__members__)
 
 
 def test_bf16_comes_back_as_fp32_numpy():
@@ -208,6 +208,13 @@ def test_importing_the_backend_imports_no_tensorrt_and_leaves_cuda_alone():
             "print(sorted(m for m in ('tensorrt', 'tensorrt_rtx') if m in sys.modules), torch.cuda.is_initialized())")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "False"]
+
+
+def test_the_runtime_with_the_tensorrt_backend_module_imports_no_torch():
+    # A service that embeds the runtime on ONNX Runtime must not load torch; the tensorrt backend does when created.
+    code = ("import sys, trtformer.runtime.session, trtformer.runtime.backends.ort, trtformer.runtime.backends.tensorrt\n"
+            "print('torch' in sys.modules)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"]
 
 
 def test_tensorrt_without_an_engine_says_to_build_one(gpt2_artifact):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engines.flavors import DTYPE_NAMES
 from ..errors import EngineError, require
 from .registry import Plugin
 
@@ -30,9 +31,7 @@ FIELD_TYPES: dict[str, tuple[type, type]] = {
     "List[float]": (np.float32, float),
 }  # fmt: skip
 FIELD_DTYPES = {kind: dtype for kind, (dtype, _) in FIELD_TYPES.items()}
-# TensorRT data types by name, and the dtype names the format rules use
-TRT_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-                   "INT8": "int8", "BOOL": "bool"}  # fmt: skip
+TRT_DTYPE_NAMES = DTYPE_NAMES  # TensorRT data types by name -> the dtype names the format rules use
 
 
 def is_list(kind: str) -> bool:

@@ -1,6 +1,7 @@
 """Device-buffer bookkeeping of the tensorrt backend, apart from TensorRT and CUDA so that it runs (and is tested) on
 CPU torch tensors: dtype maps, binding addresses, shape keys, the engine-profile check, the ping-pong state slots and
-the CUDA-graph cache.
+the CUDA-graph cache. torch is imported by the functions that make or read a buffer, never at import: the runtime
+imports no torch unless a backend that binds torch tensors is created.
 
 Ping-pong: a CUDA graph replays the addresses it was captured with, so steps that may replay one keep their state in
 fixed buffers, two per state tensor. A step reads its state from one slot and writes the new state into the other, so
@@ -14,36 +15,39 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from ...engines.flavors import DTYPE_NAMES
 from ...errors import BackendError, InputError
 from .base import State
 
-# TensorRT DataType member names -> torch dtypes (the names are the same in both flavors)
-TRT_TO_TORCH = {
-    "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32, "INT64": torch.int64,
-    "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
+if TYPE_CHECKING:
+    import torch
 
 
 def torch_dtype(trt_name: str) -> torch.dtype:
     """The torch dtype of a TensorRT DataType given by name (`engine.get_tensor_dtype(n).name`)."""
+    import torch
+
     try:
-        return TRT_TO_TORCH[trt_name]
+        return getattr(torch, DTYPE_NAMES[trt_name])
     except KeyError:
         raise BackendError(f"the engine has a tensor of type {trt_name}, which the tensorrt backend cannot bind",
                            hint="export the model in fp32, fp16 or bf16") from None
 
 
 def to_device(array: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A host copy, ordered after the current stream's work; bf16 comes back as fp32 (numpy has no bfloat16)."""
+    import torch
+
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     return tensor.detach().cpu().numpy()
@@ -112,6 +116,8 @@ class PingPong:
     def claim(self, slot: int, specs: Mapping[str, tuple[Sequence[int], torch.dtype]]) -> dict[str, torch.Tensor]:
         """Views of `slot` shaped for the state a step is about to write there ({name: (shape, dtype)}). What the slot
         held is given up: its SlotStates turn stale."""
+        import torch
+
         views = {}
         for name, (shape, dtype) in specs.items():
             numel = math.prod(shape)

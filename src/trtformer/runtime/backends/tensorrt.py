@@ -8,7 +8,8 @@ back as numpy; state outputs stay on the device and are bound as the next step's
 Without CUDA graphs each step writes its state into new tensors (torch's caching allocator recycles them), so an old
 State stays valid. With `cuda_graphs=True`, steps write state into two fixed ping-pong slots, and a step whose shapes
 and source slot were seen before replays a captured graph (see buffers.py); a State overwritten since is refused.
-Importing this module imports neither TensorRT flavor nor initialises CUDA: that happens when the backend is created.
+Importing this module imports neither TensorRT flavor nor torch, nor initialises CUDA: that happens when the backend is
+created (its device buffers are torch CUDA tensors), so a service that runs other backends never loads torch.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ...engines import flavors
 from ...engines.build import make_logger
@@ -26,6 +27,9 @@ from ...engines.loader import read_engine
 from ...errors import BackendError, EngineError, InputError
 from .base import State
 from .buffers import GraphCache, PingPong, address, profile_problems, shape_key, to_device, to_numpy, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ class TensorRTBackend:
 
     def __init__(self, artifact, flavor: str = "auto", engine: str | None = None, cuda_graphs: bool = False,
                  max_graphs: int = 8, device_id: int = 0):
+        import torch
+
+        self._torch = torch
         kit = flavors.load(flavor)
         stored = read_engine(artifact, flavor=kit.name, engine=engine, compute_capability=flavors.device_capability(device_id))
         if not torch.cuda.is_available():
@@ -127,7 +134,7 @@ class TensorRTBackend:
         return {n: to_device(a, self.dtypes[n], self.device) for n, a in feeds.items()}
 
     def _empty(self, shapes: Mapping[str, Sequence[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {n: torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in names}
+        return {n: self._torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in names}
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One eager forward into new output tensors."""
@@ -139,27 +146,27 @@ class TensorRTBackend:
     # --- protocol ----------------------------------------------------------------------------------------
 
     def run(self, feeds: Mapping[str, np.ndarray], fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        with torch.cuda.stream(self.stream):
+        with self._torch.cuda.stream(self.stream):
             outputs = self._forward(self._upload(feeds))
             return {n: to_numpy(outputs[n]) for n in (fetch or self.output_names)}
 
     def empty_state(self, shapes, dtypes, sizes) -> State:
-        with torch.cuda.stream(self.stream):
-            return State({n: torch.zeros(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in shapes},
+        with self._torch.cuda.stream(self.stream):
+            return State({n: self._torch.zeros(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in shapes},
                          dict(sizes), self.name)
 
     def state_from_numpy(self, arrays, sizes) -> State:
-        with torch.cuda.stream(self.stream):
+        with self._torch.cuda.stream(self.stream):
             return State(self._upload(arrays), dict(sizes), self.name)
 
     def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
         if self.pool is not None:
             self.pool.slot_of(state)  # refuses an overwritten state
-        with torch.cuda.stream(self.stream):
+        with self._torch.cuda.stream(self.stream):
             return {n: to_numpy(v) for n, v in state.values.items()}
 
     def step(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
-        with torch.cuda.stream(self.stream):
+        with self._torch.cuda.stream(self.stream):
             if self.pool is None:
                 outputs = self._forward({**self._upload(feeds), **state.values})
                 new = State({n: outputs[self.state_pairs[n]] for n in state.values}, new_sizes, self.name)
@@ -181,7 +188,7 @@ class TensorRTBackend:
         graph = self.graphs.get(key, self.pool.epoch) if source is not None else None
         if graph is not None:
             for name, array in feeds.items():
-                graph.inputs[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+                graph.inputs[name].copy_(self._torch.from_numpy(np.ascontiguousarray(array)))
             graph.graph.replay()
             outputs = graph.outputs
         else:
@@ -200,9 +207,9 @@ class TensorRTBackend:
             self.graphs.refuse(key)
             log.warning("%s cannot be captured in a CUDA graph on this stream; running it eagerly", self.engine_name)
             return
-        graph = torch.cuda.CUDAGraph()
+        graph = self._torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self.stream):
+            with self._torch.cuda.graph(graph, stream=self.stream):
                 ok = self.context.execute_async_v3(self.stream.cuda_stream)
         except RuntimeError as exc:
             ok = False
