@@ -23,7 +23,7 @@ def test_min_nests_and_sums_with_other_terms():
     assert shapes.evaluate("min(a)", sizes) == 7
     assert shapes.evaluate("min(a, b + c + 1)", sizes) == 7
     assert shapes.evaluate(NEW_MEM, {"mem": 3}) is None  # seg not bound yet
-    assert shapes.terms("min(a, b + c) + 2") == ["min(a, b + c)", "2"]
+    assert shapes.terms("min(a, b + c) + 2") == ("min(a, b + c)", "2")
 
 
 def test_symbols_and_is_symbol():

@@ -7,6 +7,7 @@ describes a state that stops growing: Transformer-XL keeps the last mem_len rows
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 
@@ -28,9 +29,11 @@ def _split(expr: str, sep: str) -> list[str]:
     return [*parts, expr[start:].strip()]
 
 
-def terms(expr: str) -> list[str]:
-    """The summands of `expr`: "past + seq" -> ["past", "seq"]; a min(...) term stays whole."""
-    return _split(expr, "+")
+# Cached: a Session parses the same few dimension strings for every input of every step (a decode loop's hot path).
+@functools.cache
+def terms(expr: str) -> tuple[str, ...]:
+    """The summands of `expr`: "past + seq" -> ("past", "seq"); a min(...) term stays whole."""
+    return tuple(_split(expr, "+"))
 
 
 def _closing(text: str, open_at: int) -> int:
@@ -43,14 +46,15 @@ def _closing(text: str, open_at: int) -> int:
     return -1
 
 
-def min_args(term: str) -> list[str] | None:
+@functools.cache
+def min_args(term: str) -> tuple[str, ...] | None:
     """The arguments of a `min(a, b, ...)` term, or None when the term is a symbol or an integer."""
     if not any(ch in term for ch in "(),"):
         return None
     # terms() has split at the top-level "+", so a min term is the whole call: "min(" ... matching ")".
     if not (term.startswith("min(") and term.endswith(")")) or _closing(term, 3) != len(term) - 1:
         raise ValueError(f"the dimension term {term!r} is neither a name, an integer nor min(a, b, ...)")
-    args = _split(term[4:-1], ",")
+    args = tuple(_split(term[4:-1], ","))
     if not all(args):
         raise ValueError(f"empty argument in the dimension term {term!r}")
     return args
