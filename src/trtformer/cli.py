@@ -21,6 +21,25 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_backend_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    parser.add_argument("--backend", default="ort-cpu", choices=names)
+    parser.add_argument("--engine", metavar="NAME", help="tensorrt: which of the artifact's engines to run, e.g. "
+                        "engines/tensorrt-0123456789abcdef.engine (default: the newest that fits the toolkit and GPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="tensorrt: keep state in fixed buffers and replay CUDA graphs of repeated step shapes")
+
+
+def backend_options(args, **extra) -> dict:
+    """Keyword arguments for the chosen backend; a flag meant for another backend is an input error, not ignored."""
+    tensorrt_only = {k: v for k, v in (("engine", args.engine), ("cuda_graphs", args.cuda_graphs)) if v}
+    if tensorrt_only and args.backend != "tensorrt":
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in tensorrt_only)
+        raise InputError(f"{flags} applies to the tensorrt backend, not {args.backend}", hint="add --backend tensorrt")
+    if extra.get("threads") and args.backend == "tensorrt":
+        raise InputError("--threads sets CPU threads, and the tensorrt backend runs on the GPU")
+    return {**tensorrt_only, **{k: v for k, v in extra.items() if v}}
+
+
 # ---------------------------------------------------------------------------------------------- commands
 
 
@@ -66,7 +85,24 @@ def cmd_info(args) -> int:
     for name, f in m["files"].items():
         print(f"  {name:<30} {f['bytes']:>12,d} B  sha256 {f['sha256'][:16]}...")
     print("versions   " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+    print_engines(art, verify=not args.no_verify)
     return EXIT_OK
+
+
+def profile_text(record: dict) -> str:
+    return ", ".join(f"{k} {d['min']}:{d['opt']}:{d['max']}" for k, d in record["profiles"][0]["dims"].items())
+
+
+def print_engines(art, verify: bool) -> None:
+    from .engines import cache
+
+    records = cache.records(art.manifest)
+    print(f"engines    {len(records) or 'none (trtformer build ARTIFACT makes one)'}")
+    for name, r in records.items():
+        problem = cache.problem(art.path, name, r, art.manifest, verify=verify)
+        print(f"  {name}  {r['bytes'] / 1e6:.1f} MB  {r['flavor']} {r['version']}, compute capability "
+              f"{', '.join(r['compute_capability'])}, built {r['created']}{f'  [{problem}]' if problem else ''}")
+        print("    profile " + profile_text(r))
 
 
 def cmd_build(args) -> int:
@@ -78,7 +114,7 @@ def cmd_build(args) -> int:
     how = "reused cached" if result.cached else f"built in {result.seconds:.1f} s:"
     print(f"{how} {result.path} ({r['bytes'] / 1e6:.1f} MB)")
     print(f"toolkit    {r['flavor']} {r['version']}, compute capability {', '.join(r['compute_capability'])}")
-    print("profile    " + ", ".join(f"{k} {d['min']}:{d['opt']}:{d['max']}" for k, d in r["profiles"][0]["dims"].items()))
+    print("profile    " + profile_text(r))
     print(f"from       {r['onnx']} (sha256 {r['onnx_sha256'][:16]}...)")
     return EXIT_OK
 
@@ -86,7 +122,7 @@ def cmd_build(args) -> int:
 def cmd_parity(args) -> int:
     from .parity import check_parity
 
-    options = {"model": args.graph} if args.backend.startswith("ort") else {}
+    options = backend_options(args, model=args.graph if args.backend.startswith("ort") else None)
     report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed,
                           segments=args.segments, **options)
     print(report.table())
@@ -100,7 +136,7 @@ def cmd_generate(args) -> int:
     from .runtime.session import Session
     from .runtime.tokenizer import load_tokenizer
 
-    session = Session.open(args.artifact, backend=args.backend)
+    session = Session.open(args.artifact, backend=args.backend, **backend_options(args))
     tokenizer = None
     if args.prompt is not None:
         tokenizer = load_tokenizer(session.artifact.tokenizer_dir)
@@ -149,7 +185,7 @@ def cmd_encode(args) -> int:
     from .runtime.session import Session
     from .runtime.tokenizer import load_tokenizer
 
-    session = Session.open(args.artifact, backend=args.backend)
+    session = Session.open(args.artifact, backend=args.backend, **backend_options(args))
     types = None
     if args.text:
         if args.text_pair and len(args.text_pair) != len(args.text):
@@ -201,7 +237,7 @@ def cmd_stream(args) -> int:
     from .runtime.stream import log_likelihood
 
     tokens = read_token_stream(args.tokens)
-    session = Session.open(args.artifact, backend=args.backend)
+    session = Session.open(args.artifact, backend=args.backend, **backend_options(args))
     result = log_likelihood(session, tokens, args.seg_len)
     print(f"tokens      {result.tokens} ({result.scored} scored: each given the ones before it)")
     print(f"segments    {result.segments} of up to {result.segment_length} tokens, memory carried on {session.name}")
@@ -215,7 +251,7 @@ def cmd_bench(args) -> int:
     from . import bench
     from .runtime.session import Session
 
-    session = Session.open(args.artifact, backend=args.backend, **({"threads": args.threads} if args.threads else {}))
+    session = Session.open(args.artifact, backend=args.backend, **backend_options(args, threads=args.threads))
     if not session.has_state:
         raise InputError("bench measures decoding; this artifact has no KV cache")
     rows = [bench.measure_decode(session, batch=b, prompt_len=args.prompt_len, new_tokens=args.new_tokens, warmup=args.warmup, runs=args.runs)
@@ -235,6 +271,8 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .engines.flavors import FLAVOR_CHOICES
     from .runtime.backends import names as backend_names
+
+    backends = backend_names()
 
     p = argparse.ArgumentParser(prog="trtformer", description="Export transformers to ONNX / ONNX Runtime / TensorRT and prove parity with PyTorch.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and library details")
@@ -272,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("parity", help="compare a backend with the torch reference")
     pa.add_argument("artifact")
-    pa.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    add_backend_args(pa, backends)
     pa.add_argument("--graph", default="default", choices=["default", "plain", "optimized", "int8"],
                     help="which ONNX graph of the artifact an ort-* backend runs (default: int8, else optimized, else plain)")
     pa.add_argument("--decode-steps", type=int, default=16)
@@ -292,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--eos-token-id", type=int, help="stop token (default: the model's)")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
-    g.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    add_backend_args(g, backends)
     g.set_defaults(func=cmd_generate)
 
     en = sub.add_parser("encode", help="run an encoder (BERT family, Longformer) over token ids or text")
@@ -306,19 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "positions per sequence (default: the head's, e.g. the first token for classification)")
     en.add_argument("--batch-size", type=int, default=32)
     en.add_argument("--out", help="directory for one .npy per output (default: print shapes only)")
-    en.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    add_backend_args(en, backends)
     en.set_defaults(func=cmd_encode)
 
     st = sub.add_parser("stream", help="log-likelihood and perplexity of a long sequence, segment by segment (Transformer-XL)")
     st.add_argument("artifact")
     st.add_argument("--tokens", required=True, help="token ids: .npy, .json or text (lines are one sequence, in order)")
     st.add_argument("--seg-len", type=int, help="tokens per segment (default: the model's memory length)")
-    st.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    add_backend_args(st, backends)
     st.set_defaults(func=cmd_stream)
 
     b = sub.add_parser("bench", help="decode latency per token and tokens/s")
     b.add_argument("artifact")
-    b.add_argument("--backend", default="ort-cpu", choices=backend_names())
+    add_backend_args(b, backends)
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     b.add_argument("--prompt-len", type=int, default=32)
     b.add_argument("--new-tokens", type=int, default=64)

@@ -24,6 +24,7 @@ def test_export_info_parity_generate_bench(tmp_path, capsys):
     assert run(capsys, "export", "tiny-openai-gpt", "-o", art)[0] == 0
     code, out, _ = run(capsys, "info", art)
     assert code == 0 and "past + seq <= 128" in out and "present.1.value" in out
+    assert "engines    none (trtformer build ARTIFACT makes one)" in out
     code, out, _ = run(capsys, "parity", art, "--json", tmp_path / "p.json")
     assert code == 0 and "0 failed" in out
     assert json.loads((tmp_path / "p.json").read_text())["passed"] is True
@@ -55,6 +56,10 @@ def test_text_prompt_without_tokenizer_is_a_clear_error(tmp_path, capsys):
         (["generate", "{art}", "--prompt-ids", "1,2,999999"], "outside [0, 299]"),
         (["generate", "{art}", "--prompt-ids", "1", "--max-new-tokens", "500"], "exceeds the context of 64"),
         (["parity", "{art}", "--backend", "ort-cuda"], "CUDAExecutionProvider"),
+        (["parity", "{art}", "--cuda-graphs"], "--cuda-graphs applies to the tensorrt backend, not ort-cpu"),
+        (["generate", "{art}", "--prompt-ids", "1", "--backend", "torch", "--engine", "engines/x.engine"],
+         "--engine applies to the tensorrt backend, not torch"),
+        (["bench", "{art}", "--backend", "tensorrt", "--threads", "2"], "the tensorrt backend runs on the GPU"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, gpt2_artifact, capsys, argv, message):

@@ -321,6 +321,27 @@ def test_cli_build_then_cached(tmp_path, gpt2_artifact, capsys, caplog):
     assert code == 0 and out.startswith("built in") and len(manifest(art)["engines"]) == 1
 
 
+def test_cli_info_lists_engines_and_what_keeps_one_from_loading(built, capsys):
+    art, first = built
+    code, out, _ = run(capsys, "info", art)
+    assert code == 0 and f"engines    1\n  {first.name}  " in out
+    assert f"{RTX} {trt.__version__}, compute capability 8.6, built " in out and "[" not in out.split("engines    1")[1]
+    assert "    profile batch 1:1:16, seq 1:" in out
+    data = bytearray(first.path.read_bytes())
+    data[-1] ^= 0xFF
+    first.path.write_bytes(bytes(data))
+    assert "[altered: it does not match its sha256]" in run(capsys, "info", art)[1]
+    assert "[altered" not in run(capsys, "info", art, "--no-verify")[1]  # the engine is not hashed then
+    first.path.unlink()
+    assert "[missing]" in run(capsys, "info", art)[1]
+
+
+def test_cli_runtime_commands_pass_the_engine_to_the_tensorrt_backend(built, capsys):
+    art, first = built
+    code, out, err = run(capsys, "parity", art, "--backend", "tensorrt", "--engine", "engines/nope.engine")
+    assert code == 2 and out == "" and f"has no engine 'engines/nope.engine'; it has {first.name}" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -85,6 +85,19 @@ def intact(root: Path, name: str, record: dict) -> bool:
     return path.is_file() and path.stat().st_size == record["bytes"] and sha256_file(path) == record["sha256"]
 
 
+def problem(root: Path, name: str, record: dict, manifest: dict, verify: bool = True) -> str | None:
+    """Why a listed engine cannot be loaded as it is (missing, altered, built from another ONNX), or None.
+    The flavor, version and GPU checks need the runtime's toolkit and device: `check` makes those."""
+    path = root / name
+    if not path.is_file():
+        return "missing"
+    if verify and not intact(root, name, record):
+        return "altered: it does not match its sha256"
+    if record["onnx_sha256"] != onnx_sha256(manifest):
+        return f"stale: built from another {record['onnx']}"
+    return None
+
+
 def cached(art: Artifact, name: str, key: str) -> dict | None:
     """The record of a stored engine with this key whose file is intact, else None."""
     record = records(art.manifest).get(name)
