@@ -3,10 +3,11 @@
     python benchmarks/gpu_suite.py --out /tmp/suite          # parity on tiny presets, latency at a representative shape
     python benchmarks/gpu_suite.py --quick --out /tmp/q      # tiny everything (the CPU test runs this)
 
-Backends, in this order: ort-cpu, torch (CPU), torch-cuda (eager), torch-cuda-triton (the fused ops' Triton kernels;
-after torch-cuda, since loaded kernels serve every later CUDA call of those ops), ort-cuda, tensorrt (the engine
-`trtformer build` makes with the flavor installed) and, for models with state, tensorrt with CUDA graphs. A backend
-this machine lacks is a row "skipped: <reason>"; a backend that raises is a row "error: <message>".
+Backends, in this order: torch-cuda (eager), torch-cuda-triton (the fused ops' Triton kernels; after torch-cuda,
+since loaded kernels serve every later CUDA call of those ops), ort-cuda, tensorrt (the engine `trtformer build` makes
+with the flavor installed), for models with state tensorrt with CUDA graphs, and last the CPU baselines ort-cpu and
+torch (the GPU rows are what the time budget is for). A backend this machine lacks is a row "skipped: <reason>"; a
+backend that raises is a row "error: <message>". Every row records its seconds.
 
 Parity: `trtformer.parity.check_parity` on each family's tiny preset (GPT-2, BERT, Longformer, Transformer-XL).
 Latency, without --quick, on a representative model per family (GPT-2 small decode, BERT-base, Longformer-base at
@@ -86,13 +87,13 @@ class Backend:
 
 
 BACKENDS = [
-    Backend("ort-cpu", "ort-cpu"),
-    Backend("torch", "torch"),
     Backend("torch-cuda", "torch-cuda"),
     Backend("torch-cuda-triton", "torch-cuda-triton"),
     Backend("ort-cuda", "ort-cuda"),
     Backend("tensorrt", "tensorrt"),
     Backend("tensorrt-graphs", "tensorrt", {"cuda_graphs": True}, stateful_only=True),
+    Backend("ort-cpu", "ort-cpu"),
+    Backend("torch", "torch"),
 ]
 UNITS = {"decode": "ms per token", "forward": "ms per forward", "segments": "ms per segment"}
 
@@ -164,6 +165,7 @@ def open_session(backend: Backend, artifact: Path, threads: int):
 
 def guarded(row: dict, work: Callable[[], dict]) -> dict:
     """`work()`'s fields added to the row; a trtformer error (what the backend lacks) skips it, anything else is an error."""
+    t0 = time.perf_counter()
     try:
         row.update(work())
     except TrtformerError as exc:
@@ -171,6 +173,7 @@ def guarded(row: dict, work: Callable[[], dict]) -> dict:
     except Exception as exc:  # the suite reports every row rather than stop at the first broken backend
         log.warning("%s %s %s failed", row["family"], row["backend"], row["check"], exc_info=True)
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+    row["seconds"] = round(time.perf_counter() - t0, 2)  # engine builds and kernel compiles included
     return row
 
 

@@ -26,6 +26,8 @@ def test_gpu_suite_quick(tmp_path):
             assert parity[(family, backend)]["status"] == "passed", parity[(family, backend)]
             assert parity[(family, backend)]["comparisons"] > 0
             assert latency[(family, backend)]["status"] == "measured" and latency[(family, backend)]["latency"]["p50_ms"] > 0
+            assert latency[(family, backend)]["seconds"] > 0 and parity[(family, backend)]["seconds"] > 0
+    assert [r["backend"] for r in data["parity"]][-2 * len(FAMILIES):] == ["ort-cpu"] * 4 + ["torch"] * 4  # baselines last
     assert {(r["family"], r["backend"]) for r in data["parity"]} >= {(f, "tensorrt-graphs") for f in ("gpt", "transfo_xl")}
     if not torch.cuda.is_available():
         for family in FAMILIES:
