@@ -48,9 +48,9 @@ def snapshot(art: Path) -> dict[str, bytes]:
 
 
 def landed_cases() -> list:
-    """Every family and form with an export spec, in fp32 and fp16. GPT uses the session artifacts (and the GPT-1
-    preset for fp16); a family added later builds from its tiny-<family> preset (transfo_xl: tiny-transfo-xl)
-    without a change here."""
+    """Every family and form with an export spec, in fp32 and fp16, and every family's portable form in bf16. GPT
+    uses the session artifacts (and the presets for fp16 and bf16); a family added later builds from its
+    tiny-<family> preset (transfo_xl: tiny-transfo-xl) without a change here."""
     from trtformer.exporter.export import FUSED_OP_FAMILIES
     from trtformer.exporter.specs import SPECS
 
@@ -59,11 +59,12 @@ def landed_cases() -> list:
         pytest.param("gpt2_fp16_artifact", id="gpt2-portable-fp16"),
         pytest.param("openai_gpt_artifact", id="openai-gpt-portable-fp32"),
         pytest.param(("tiny-openai-gpt", "portable", "fp16"), id="openai-gpt-portable-fp16"),
+        pytest.param(("tiny-gpt2", "portable", "bf16"), id="gpt2-portable-bf16"),
     ]
     for family in sorted(set(SPECS) - {"gpt"}):
+        preset = f"tiny-{family.replace('_', '-')}"
         for form in ("portable", "plugin") if family in FUSED_OP_FAMILIES else ("portable",):
-            for precision in ("fp32", "fp16"):
-                preset = f"tiny-{family.replace('_', '-')}"
+            for precision in ("fp32", "fp16", "bf16") if form == "portable" else ("fp32", "fp16"):
                 cases.append(pytest.param((preset, form, precision), id=f"{family}-{form}-{precision}"))
     return cases
 
