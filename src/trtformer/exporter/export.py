@@ -209,15 +209,14 @@ def export(
             if optimize:
                 from .optimize import optimize_graph
 
-                fusions = optimize_graph(tmp / "model.onnx", tmp / "model.opt.onnx", loaded.family, loaded.model.config.to_dict(), IR_VERSION)
+                fused, fusions = optimize_graph(tmp / "model.onnx", loaded.family, loaded.model.config.to_dict(), IR_VERSION)
                 models["optimized"] = "model.opt.onnx"
-                written.append("model.opt.onnx")
+                written += save_onnx(fused, tmp / "model.opt.onnx")
             quantization = None
             if quantize is not None:
-                quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), tmp / "model.int8.onnx", IR_VERSION,
-                                              fp32_heads(model))
+                int8, quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), IR_VERSION, fp32_heads(model))
                 models["int8"] = "model.int8.onnx"
-                written.append("model.int8.onnx")
+                written += save_onnx(int8, tmp / "model.int8.onnx")
             if reference:
                 save_reference(loaded.model, tmp / "reference.safetensors")
                 written.append("reference.safetensors")

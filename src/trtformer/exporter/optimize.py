@@ -57,8 +57,9 @@ def split_unsqueezes(proto: onnx.ModelProto) -> int:
     return count
 
 
-def optimize_graph(src: Path, dst: Path, family: str, config: dict, ir_version: int) -> dict[str, int]:
-    """Write the fused graph of `src` to `dst`; return how many of each fusion happened (zeros left out)."""
+def optimize_graph(src: Path, family: str, config: dict, ir_version: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The fused graph of `src` (weights in memory, for the caller to save) and how many of each fusion happened
+    (zeros left out)."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -80,6 +81,5 @@ def optimize_graph(src: Path, dst: Path, family: str, config: dict, ir_version: 
     if any(n.domain == "com.microsoft" for n in proto.graph.node) and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         # ONNX Runtime loads the fused graph without it, but onnx's checker and the quantiser need the import.
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    onnx.save(proto, dst)
     log.info("fusions: %s", stats or "none")
-    return stats
+    return proto, stats
