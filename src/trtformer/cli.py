@@ -102,6 +102,8 @@ def print_engines(art, verify: bool) -> None:
         problem = cache.problem(art.path, name, r, art.manifest, verify=verify)
         print(f"  {name}  {r['bytes'] / 1e6:.1f} MB  {r['flavor']} {r['version']}, compute capability "
               f"{', '.join(r['compute_capability'])}, built {r['created']}{f'  [{problem}]' if problem else ''}")
+        if r.get("plugins"):
+            print("    plugin layers " + ", ".join(r["plugins"]))
         print("    profile " + profile_text(r))
 
 

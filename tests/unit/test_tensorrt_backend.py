@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import manifest
 
 import trtformer
 from trtformer.engines.flavors import DTYPE_NAMES
@@ -301,6 +302,23 @@ def test_engine_parity_for_every_family(engines, case):
     preset, _, form = case.partition(":")
     report = check_parity(engines(preset, form or "portable"), backend="tensorrt", write=False)
     assert report.passed, report.table()
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.parametrize("preset", ["tiny-longformer", "tiny-transfo-xl"])
+def test_full_tensorrt_runs_the_plugin_form_with_plugin_layers(engines, preset):
+    if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
+        pytest.skip("needs full TensorRT and a CUDA GPU")
+    plugin, portable = engines(preset, "plugin"), engines(preset, "portable")
+    record = next(iter(manifest(plugin)["engines"].values()))
+    assert record["flavor"] == "tensorrt" and record["plugins"] == [p["name"] for p in manifest(plugin)["plugins"]]
+    # Registered before parsing, the plugins replace each fused op's inlined body: far fewer layers.
+    layers = {}
+    for name, art in (("plugin", plugin), ("portable", portable)):
+        session = trtformer.load(art, backend="tensorrt")
+        layers[name] = session.backend.engine.num_layers
+    assert layers["plugin"] < layers["portable"], layers
 
 
 @pytest.mark.gpu

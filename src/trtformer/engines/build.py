@@ -122,6 +122,23 @@ def parser_failure(parser, onnx_name: str, logged: str = "") -> EngineError:
                        hint="export the portable form, or a model whose ops TensorRT supports")
 
 
+def register_plugins(manifest: dict) -> list[str]:
+    """Register the creators of the plugins a plugin-form artifact uses (full TensorRT), under the plugin's name and
+    every op type its nodes carry; returns the plugin names. The parser needs them before parsing, or it inlines the
+    nodes' local functions (a working engine, but without the fused kernels), and deserializing looks them up."""
+    from ..plugins.registry import PLUGINS
+
+    names = []
+    for record in manifest.get("plugins", []):
+        plugin = PLUGINS.get(record["name"])
+        if plugin is None:
+            raise EngineError(f"the artifact uses the plugin {record['name']!r}, which this trtformer does not provide",
+                              hint="re-export with this trtformer, or in the portable form")
+        plugin.load_trt().register([t["op_type"] for t in record.get("op_types", [])])
+        names.append(record["name"])
+    return names
+
+
 def _network_flags(trt) -> int:
     # Precision is in the ONNX: strongly typed networks keep it (and are the only kind TensorRT 11 and RTX build).
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -223,12 +240,13 @@ def build_engine(
         log.info("%s is up to date (same ONNX, %s, targets and profile)", name, kit.label)
         return EngineBuild(art.path / name, name, record, True, 0.0)
     onnx_path = art.model_path("plain")
+    plugins = register_plugins(art.manifest) if kit.plugin_layers else []
     t0 = time.perf_counter()
     data = compile_engine(kit, onnx_path, prof, targets, Path(timing_cache) if timing_cache is not None else None)
     seconds = time.perf_counter() - t0
     view = memoryview(data)
     record = cache.make_record(key=key, sha256=hashlib.sha256(view).hexdigest(), nbytes=view.nbytes, kit=kit,
-                               targets=targets, profile=prof, manifest=art.manifest, seconds=seconds)
+                               targets=targets, profile=prof, manifest=art.manifest, seconds=seconds, plugins=plugins)
     try:
         cache.commit(art.path, name, view, record)
     except OSError as exc:

@@ -60,7 +60,7 @@ def engine_name(flavor: str, key: str) -> str:
 
 
 def make_record(*, key: str, sha256: str, nbytes: int, kit: Toolkit, targets: Targets, profile: Profile,
-                manifest: dict, seconds: float) -> dict:
+                manifest: dict, seconds: float, plugins: list[str]) -> dict:
     return {
         "key": key,
         "sha256": sha256,
@@ -71,6 +71,8 @@ def make_record(*, key: str, sha256: str, nbytes: int, kit: Toolkit, targets: Ta
         "profiles": [profile.to_dict()],
         "onnx": manifest["models"]["plain"],
         "onnx_sha256": onnx_sha256(manifest),
+        # The fused ops that run as plugin layers; a plugin-form artifact's others were inlined from their functions.
+        "plugins": plugins,
         "build_seconds": round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -57,6 +57,11 @@ class Toolkit:
         return f"{self.flavor.title} {self.version}"
 
     @property
+    def plugin_layers(self) -> bool:
+        """True when the flavor runs plugins (full TensorRT); TensorRT-RTX has no plugin layers."""
+        return self.flavor.name == "tensorrt"
+
+    @property
     def ahead_of_time(self) -> bool:
         """True when the flavor targets named compute capabilities instead of the GPU it runs on."""
         return self.flavor.name == "tensorrt-rtx"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...engines import flavors
-from ...engines.build import make_logger
+from ...engines.build import make_logger, register_plugins
 from ...engines.loader import read_engine
 from ...errors import BackendError, EngineError, InputError
 from .base import State
@@ -32,22 +32,6 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-
-def register_plugins(manifest: dict) -> list[str]:
-    """Register the creators of the plugins a plugin-form artifact uses (full TensorRT; before deserializing, which
-    looks them up), under the plugin's name and every op type its nodes carry. Returns the plugin names."""
-    from ...plugins.registry import PLUGINS
-
-    names = []
-    for record in manifest.get("plugins", []):
-        plugin = PLUGINS.get(record["name"])
-        if plugin is None:
-            raise EngineError(f"the artifact uses the plugin {record['name']!r}, which this trtformer does not provide",
-                              hint="re-export with this trtformer, or in the portable form")
-        plugin.load_trt().register([t["op_type"] for t in record.get("op_types", [])])
-        names.append(record["name"])
-    return names
 
 
 @dataclass
@@ -72,7 +56,7 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise BackendError(f"the tensorrt backend runs {stored.name} on a CUDA GPU, and torch {torch.__version__} sees none",
                                hint="run on a machine with an NVIDIA GPU and a CUDA build of torch")
-        if kit.name == "tensorrt":  # TensorRT-RTX has no plugin layers: its engines inlined the local functions
+        if kit.plugin_layers:  # deserializing looks the plugins up; TensorRT-RTX engines inlined the local functions
             register_plugins(artifact.manifest)
         self.kit, self.engine_name = kit, stored.name
         self.device = torch.device("cuda", device_id)
