@@ -40,3 +40,25 @@ def heavy_modules_after(*modules: str) -> list[str]:
             "print(sorted(m for m in ('triton', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().replace("'", '"'))
+
+
+def kernel_error(out, want) -> dict:
+    """A Triton kernel's output against the eager reference: largest error, the reference's scale (tolerances are
+    relative to it above 1) and the output dtype."""
+    return {"max_abs": (out.double() - want.double()).abs().max().item(), "scale": want.double().abs().max().item(),
+            "dtype": str(out.dtype)}
+
+
+def as_on_cuda(block_sizes):
+    """A kernel module's `block_sizes(d, dtype, device)` answering as for a CUDA device, so the interpreter runs the
+    tiles a GPU would get."""
+    import torch
+
+    return lambda d, dtype, _device: block_sizes(d, dtype, torch.device("cuda"))
+
+
+def has_cuda_kernel(op: str) -> bool:
+    """Whether custom op `op` ("namespace::name") has a kernel registered for CUDA tensors."""
+    import torch
+
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")

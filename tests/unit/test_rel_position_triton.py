@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from support import run_interpreted
+from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
 from test_rel_position_op import attrs, make_inputs
 
 from trtformer.ops.rel_position import reference, rel_position_attention
@@ -57,18 +57,14 @@ def interpreter_run() -> dict:
     results, tiles = {}, module.block_sizes
     for name in CASES:
         x, a = case(name)
-        gpu_tiles = name.startswith("cuda-tiles")
-        module.block_sizes = (lambda d, dt, _: tiles(d, dt, torch.device("cuda"))) if gpu_tiles else tiles
+        module.block_sizes = as_on_cuda(tiles) if name.startswith("cuda-tiles") else tiles
         out, new_mem = module.rel_position_attention_triton(**x, **a)
         want, want_mem = reference(**x, **a)
         shapes = [list(t.shape) for t in (out, new_mem, want, want_mem)]
-        results[name] = {"max_abs": (out.double() - want.double()).abs().max().item(), "dtype": str(out.dtype),
-                         "scale": want.double().abs().max().item(), "new_mem_equal": torch.equal(new_mem, want_mem),
-                         "shapes": shapes}  # fmt: skip
+        results[name] = {**kernel_error(out, want), "new_mem_equal": torch.equal(new_mem, want_mem), "shapes": shapes}
     x, a = case("memory")  # after the import: the op on CPU tensors still runs the eager reference
     results["cpu_dispatch_is_reference"] = all(map(torch.equal, rel_position_attention(**x, **a), reference(**x, **a)))
-    results["cuda_kernel_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
-        "trtformer::rel_position_attention", "CUDA")  # fmt: skip
+    results["cuda_kernel_registered"] = has_cuda_kernel("trtformer::rel_position_attention")
     return results
 
 

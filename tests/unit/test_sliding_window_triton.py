@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from support import run_interpreted
+from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
 from test_sliding_window_op import LargestTensor  # the largest tensor torch makes while active
 
 from trtformer.ops.sliding_window import sliding_window_attention, sliding_window_reference
@@ -88,13 +88,12 @@ def interpreter_run() -> dict:
     module = registry.PLUGINS["SlidingWindowAttention"].load_triton()
     results, tiles = {}, module.block_sizes
     for name, c in CASES.items():
-        module.block_sizes = (lambda d, dt, _: tiles(d, dt, torch.device("cuda"))) if c.gpu_tiles else tiles
+        module.block_sizes = as_on_cuda(tiles) if c.gpu_tiles else tiles
         x, a = c.inputs(seed=len(name))
         out = module.sliding_window_attention_triton(*x, **a)
         want = sliding_window_reference(*x, **a)
         padding = x[6] == 0  # [batch, seq]
-        results[name] = {"max_abs": (out.double() - want.double()).abs().max().item(), "dtype": str(out.dtype),
-                         "scale": want.double().abs().max().item(), "shapes": [list(out.shape), list(want.shape)],
+        results[name] = {**kernel_error(out, want), "shapes": [list(out.shape), list(want.shape)],
                          "finite": bool(out.isfinite().all()), "padding_zero": bool((out.transpose(1, 2)[padding] == 0).all())}  # fmt: skip
     module.block_sizes = tiles
     largest = {}  # torch-side memory: linear in seq, no [seq, seq] tensor
@@ -108,8 +107,7 @@ def interpreter_run() -> dict:
     results["cpu_dispatch_is_reference"] = torch.equal(
         sliding_window_attention(*x, **a), sliding_window_reference(*x, **a)
     )
-    results["cuda_kernel_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
-        "trtformer::sliding_window_attention", "CUDA")  # fmt: skip
+    results["cuda_kernel_registered"] = has_cuda_kernel("trtformer::sliding_window_attention")
     return results
 
 
