@@ -1,7 +1,8 @@
-"""Artifact directories: manifest.json, model.onnx, reference weights, tokenizer, engines/, parity.json.
+"""Artifact directories: manifest.json, the graphs' ONNX files, reference weights, tokenizer, engines/, parity.json.
 
 Writing goes to a temporary sibling that is renamed into place, so a crash never leaves half an artifact.
-Loading checks the schema and every file's sha256 and names the file and the problem when one is off.
+Loading checks the manifest (manifest.py) and every file's size and sha256, and names the file and the problem
+when one is off. Every file is opened through `Artifact.file`, which refuses a path that leaves the directory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError
+from .manifest import MANIFEST, Manifest, inside
+from .records import FileEntry, GraphSpec
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-REQUIRED_KEYS = ("schema_version", "family", "config", "form", "precision", "opset", "inputs", "outputs", "state", "files", "models")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -31,8 +31,8 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def file_entries(root: Path, names: list[str]) -> dict[str, dict]:
-    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n in sorted(names)}
+def file_entries(root: Path, names: list[str]) -> dict[str, FileEntry]:
+    return {n: FileEntry(sha256_file(root / n), (root / n).stat().st_size) for n in sorted(names)}
 
 
 @contextlib.contextmanager
@@ -74,103 +74,90 @@ def write_json_atomic(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    write_json_atomic(Path(root) / MANIFEST, manifest.to_dict())
+
+
+def read_manifest(root: Path) -> Manifest:
+    """The manifest of the artifact directory `root`, checked; an ArtifactError that names the problem otherwise."""
+    root = Path(root)
+    if not root.exists():
+        raise ArtifactError(f"artifact directory {root} does not exist", hint="export one with `trtformer export`")
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not an artifact directory")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{root} has no {MANIFEST}; it is not a trtformer artifact")
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from exc
+    return Manifest.from_dict(data, str(mpath))
+
+
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> Artifact:
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(f"artifact directory {path} does not exist", hint="export one with `trtformer export`")
-        if not path.is_dir():
-            raise ArtifactError(f"{path} is not an artifact directory")
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise ArtifactError(f"{path} has no {MANIFEST}; it is not a trtformer artifact")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from exc
-        missing = [k for k in REQUIRED_KEYS if k not in manifest]
-        if missing:
-            raise ArtifactError(f"{mpath} lacks the keys {missing}")
-        if manifest["schema_version"] != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{mpath} has schema_version {manifest['schema_version']}, this trtformer reads {SCHEMA_VERSION}"
-            )
-        art = cls(path, manifest)
+        if not isinstance(path, str | os.PathLike):
+            raise ArtifactError(f"an artifact is a directory path, got {type(path).__name__}")
+        art = cls(Path(path), read_manifest(Path(path)))
         if verify:
             art.verify()
         return art
 
+    def file(self, name: str) -> Path:
+        """The path of an artifact file, refused when it (or a link on the way) leads outside the directory."""
+        inside(name, str(self.path / MANIFEST))
+        path = self.path / name
+        root = self.path.resolve()
+        if root not in (path.resolve(), *path.resolve().parents):
+            raise ArtifactError(f"{path} leads outside the artifact {self.path}")
+        return path
+
     def verify(self, names: list[str] | None = None) -> None:
         """Check size and sha256 of the named files (all listed files by default)."""
-        files = self.manifest["files"]
+        files = self.manifest.files
         for name in names if names is not None else list(files):
             if name not in files:
                 raise ArtifactError(f"{name} is not listed in {self.path / MANIFEST}")
-            entry, fpath = files[name], self.path / name
+            entry, fpath = files[name], self.file(name)
             if not fpath.is_file():
                 raise ArtifactError(f"{fpath} is missing from the artifact")
-            if fpath.stat().st_size != entry["bytes"]:
-                raise ArtifactError(f"{fpath} has {fpath.stat().st_size} bytes, the manifest says {entry['bytes']}: it was altered or truncated")
-            if sha256_file(fpath) != entry["sha256"]:
+            if fpath.stat().st_size != entry.bytes:
+                raise ArtifactError(f"{fpath} has {fpath.stat().st_size} bytes, the manifest says {entry.bytes}: it was altered or truncated")
+            if sha256_file(fpath) != entry.sha256:
                 raise ArtifactError(f"{fpath} does not match its sha256 in the manifest: it was altered or corrupted")
+
+    def reload(self) -> Artifact:
+        """The artifact as its manifest on disk says now (another process may have added an engine)."""
+        return Artifact(self.path, read_manifest(self.path))
 
     # --- accessors -------------------------------------------------------------------------------------
 
     @property
     def family(self) -> str:
-        return self.manifest["family"]
+        return self.manifest.family
 
     @property
     def config(self) -> dict:
-        return self.manifest["config"]
+        return self.manifest.config
 
-    @property
-    def inputs(self) -> list[dict]:
-        return self.manifest["inputs"]
+    def graph(self, name: str | None = None) -> GraphSpec:
+        return self.manifest.graph(name)
 
-    @property
-    def outputs(self) -> list[dict]:
-        return self.manifest["outputs"]
-
-    @property
-    def state(self) -> list[dict]:
-        return self.manifest["state"]
-
-    @property
-    def dims(self) -> dict:
-        return self.manifest.get("dims", {})
-
-    @property
-    def limits(self) -> dict:
-        return self.manifest.get("limits", {})
-
-    @property
-    def padding_side(self) -> str:
-        return self.manifest.get("padding_side", "left")
-
-    def graph_name(self, which: str = "default") -> str:
-        """Which ONNX graph `which` means: "default" is the most processed one (int8, optimized, plain)."""
-        models = self.manifest["models"]
-        if which != "default":
-            return which
-        return next(k for k in ("int8", "optimized", "plain") if k in models)
-
-    def model_path(self, which: str = "default") -> Path:
-        models = self.manifest["models"]
-        name = models.get(self.graph_name(which))
-        if name is None:
-            raise ArtifactError(f"{self.path} has no {which!r} model; it has {sorted(models)}")
-        return self.path / name
+    def model_path(self, variant: str = "default", graph: str | None = None) -> Path:
+        """The ONNX file of a graph's variant (plain | optimized | int8 | default: the most processed one)."""
+        g = self.graph(graph)
+        return self.file(g.models[g.variant(variant)])
 
     @property
     def reference_path(self) -> Path | None:
-        name = self.manifest.get("reference")
-        return self.path / name if name else None
+        name = self.manifest.reference
+        return self.file(name) if name else None
 
     @property
     def tokenizer_dir(self) -> Path | None:
