@@ -13,7 +13,6 @@ the benchmark's own inputs (cosine of the hidden states) and by `trtformer parit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write
 
 import trtformer
+from trtformer.artifact import read_manifest
 from trtformer.bench import latency_stats
 from trtformer.parity import check_parity
 
@@ -100,11 +100,11 @@ def run(args, tmp: Path) -> dict:
     t0 = time.perf_counter()
     trtformer.export(tmp / "checkpoint", art, optimize=True, quantize="int8-dynamic")
     export_s = time.perf_counter() - t0
-    manifest = json.loads((art / "manifest.json").read_text())
+    manifest = read_manifest(art)
     sessions = {n: trtformer.load(art, backend="ort-cpu", model=g, threads=threads) for n, (_, g) in BACKENDS.items() if g}
     torch.set_num_threads(threads)
     run_fn = {n: runner(n, hf, sessions) for n in BACKENDS}
-    vocab = manifest["config"]["vocab_size"]
+    vocab = manifest.config["vocab_size"]
 
     samples: dict[tuple[str, int, int], list[float]] = defaultdict(list)
     agreement: dict[str, dict] = {}
@@ -152,7 +152,7 @@ def run(args, tmp: Path) -> dict:
         "benchmark": "bert_latency",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"config": manifest["config"], "fusions": manifest["fusions"], "quantization": manifest["quantization"],
+        "model": {"config": manifest.config, "fusions": manifest.graph().fusions, "quantization": manifest.graph().quantization,
                   "export_seconds": export_s},
         "settings": {"shapes": [f"{b}x{s}" for b, s in args.shapes], "runs": args.runs, "rounds": args.rounds,
                      "warmup": args.warmup, "threads": threads, "torch_attention": hf.config._attn_implementation,

@@ -27,7 +27,7 @@ from bench_common import NOISY, Neighbours, machine_info, noisy_label, setup_log
 
 import trtformer
 from trtformer import bench
-from trtformer.runtime.artifact import Artifact
+from trtformer.artifact import Artifact
 
 log = logging.getLogger("gpt_decode")
 
@@ -266,8 +266,8 @@ def run(args: argparse.Namespace, artifact_path: Path) -> dict:
         "benchmark": "gpt_decode",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"source": artifact.manifest.get("source"), "precision": artifact.manifest["precision"],
-                  "ort_graph": artifact.model_path().name, "fusions": artifact.manifest.get("fusions", {}),
+        "model": {"source": artifact.manifest.source, "precision": artifact.manifest.precision,
+                  "ort_graph": artifact.model_path().name, "fusions": artifact.graph().fusions,
                   "config": artifact.config},
         "settings": {"batches": args.batches, **shape, "warmup": args.warmup, "runs": args.runs, "greedy": True,
                      "order": "rounds: each round runs every backend once per batch, warm-up runs in the first round only",

@@ -88,7 +88,7 @@ def make_checkpoint(directory: Path, quick: bool, mem_len: int) -> dict:
 
 def measure(session, ids: np.ndarray, length: int, seg_len: int, runs: int, meter: Neighbours, key) -> dict:
     """One backend at attention length `length`: sliding-window and memory-reuse samples, and the first-token check."""
-    head = session.artifact.outputs[0]["name"]  # log_probs or logits
+    head = session.graph.outputs[0].name  # log_probs or logits
     step = session.step
 
     # Warm-up, and the check's reference: a window of L + 1 tokens predicts from exactly what the segment's first

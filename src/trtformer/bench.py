@@ -13,12 +13,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .artifact import shapes
+from .artifact.examples import example_feeds
 from .errors import InputError
-from .runtime import shapes
 
 log = logging.getLogger(__name__)
-
-TOKENS = "input_ids"  # the input a decode loop feeds its own argmax back into
 
 
 def latency_stats(samples_seconds: list[float]) -> dict:
@@ -43,42 +42,39 @@ def prompt_ids(vocab_size: int, batch: int, prompt_len: int, seed: int = 0) -> n
     return np.random.default_rng(seed).integers(0, vocab_size, (batch, prompt_len), dtype=np.int64)
 
 
+def _ids(session):
+    """The token-id input a decode loop feeds its own argmax back into."""
+    ids = session.graph.role_input("ids")
+    if ids is None:
+        raise InputError(f"decoding needs a token-id input; the model has {session.input_names}")
+    return ids
+
+
 def _vocab_size(session) -> int:
     vocab = session.config.get("vocab_size")
     if vocab is None:  # fall back on the declared id range
-        rng = session.inputs.get(TOKENS, {}).get("value_range")
+        rng = _ids(session).value_range
         if rng is None:
-            raise InputError("the model declares neither config.vocab_size nor a value range for input_ids")
+            raise InputError("the model declares neither config.vocab_size nor a value range for its token ids")
         vocab = rng[1] + 1
     return int(vocab)
 
 
-def _decode_feeds(session, ids: np.ndarray, state) -> dict[str, np.ndarray]:
-    """input_ids plus every other stateless input, which must be a 0/1 mask: all ones (no padding).
-
-    Mask shapes such as [batch, past + seq] are resolved from the manifest with the state's sizes, so
-    the loop needs no knowledge of the family.
-    """
-    if state is not None:
-        sizes = dict(state.sizes)
-    else:  # prefill: every cached dim starts empty
-        sizes = session.empty_state_sizes()
-    shapes.bind(session.inputs[TOKENS]["shape"], ids.shape, sizes)
-    feeds = {TOKENS: ids}
-    for name in session.stateless_inputs:
-        if name == TOKENS:
-            continue
-        spec = session.inputs[name]
-        if spec.get("value_range") != [0, 1]:
-            raise InputError(f"measure_decode can fill only 0/1 masks besides {TOKENS}; {name} is not one")
-        feeds[name] = np.ones(shapes.resolve_shape(spec["shape"], sizes), dtype=np.dtype(spec["dtype"]))
-    return feeds
+def _decode_feeds(session, ids: np.ndarray, state, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The token ids plus every other stateless input from the example generator, without padding: masks all
+    ones. Shapes such as [batch, past + seq] are resolved with the state's sizes, so the loop needs no knowledge
+    of the family."""
+    sizes = dict(state.sizes) if state is not None else session.empty_state_sizes()  # prefill: caches start empty
+    name = _ids(session).name
+    shapes.bind(session.inputs[name].shape, ids.shape, sizes)
+    return example_feeds(session.graph, sizes, rng, names=session.stateless_inputs, given={name: ids})
 
 
 def _decode_once(session, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float], np.ndarray]:
     """One prefill and `new_tokens` greedy steps: (prefill seconds, per-step seconds, tokens [batch, new_tokens + 1])."""
+    rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    out, state = session.step(_decode_feeds(session, prompt, None), None, fetch=["logits"])
+    out, state = session.step(_decode_feeds(session, prompt, None, rng), None, fetch=["logits"])
     prefill = time.perf_counter() - t0
     tokens = [out["logits"][:, -1].argmax(-1)]
     steps = []
@@ -87,7 +83,7 @@ def _decode_once(session, prompt: np.ndarray, new_tokens: int) -> tuple[float, l
         # per-call timestamp inside transformers' generate() measures too.
         t0 = time.perf_counter()
         ids = tokens[-1][:, None].astype(np.int64)
-        out, state = session.step(_decode_feeds(session, ids, state), state, fetch=["logits"])
+        out, state = session.step(_decode_feeds(session, ids, state, rng), state, fetch=["logits"])
         tokens.append(out["logits"][:, -1].argmax(-1))
         steps.append(time.perf_counter() - t0)
     return prefill, steps, np.stack(tokens, axis=1)
@@ -101,8 +97,7 @@ def measure_decode(session, batch: int, prompt_len: int, new_tokens: int, warmup
     """
     if not session.has_state:
         raise InputError("measure_decode needs a model with state (a KV cache); use measure_forward")
-    if TOKENS not in session.inputs:
-        raise InputError(f"measure_decode needs a {TOKENS!r} input; the model has {session.input_names}")
+    _ids(session)
     if new_tokens < 1 or runs < 1:
         raise ValueError("new_tokens and runs must be >= 1")
     prompt = prompt_ids(_vocab_size(session), batch, prompt_len, seed)

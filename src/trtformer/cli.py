@@ -54,70 +54,82 @@ def cmd_export(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .runtime.artifact import Artifact
+    from .artifact import Artifact
 
     art = Artifact.load(args.artifact, verify=not args.no_verify)
     m = art.manifest
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(m.to_dict(), indent=2))
         return EXIT_OK
-    cfg = m["config"]
+    cfg = m.config
     print(f"artifact   {art.path}")
     kind = " ".join(v for v in (cfg.get("variant"), cfg.get("head")) if v)
-    print(f"family     {m['family']}{f' ({kind})' if kind else ''}, from {m.get('source')}")
-    print(f"form       {m['form']}, precision {m['precision']}, opset {m['opset']}, graphs {m['models']}")
-    if m.get("plugins"):
-        print("plugins    " + ", ".join(f"{p['domain']}::{p['name']} x{p['nodes']} (plugin version {p['plugin_version']})" for p in m["plugins"]))
-    if m.get("fusions"):
-        print("fusions    " + ", ".join(f"{k} x{v}" for k, v in m["fusions"].items()))
+    print(f"family     {m.family}{f' ({kind})' if kind else ''}, from {m.source}")
+    print(f"form       {m.form}, precision {m.precision}, opset {m.opset}, schema {m.read_schema}")
+    if m.plugins:
+        print("plugins    " + ", ".join(f"{p.domain}::{p.name} x{p.nodes} (plugin version {p.plugin_version})" for p in m.plugins))
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
-    print("inputs")
-    for t in m["inputs"]:
-        print(f"  {t['name']:<22} {t['dtype']:<8} [{', '.join(map(str, t['shape']))}]")
-    print("outputs")
-    for t in m["outputs"]:
-        print(f"  {t['name']:<22} {t['dtype']:<8} [{', '.join(map(str, t['shape']))}]")
-    if m["state"]:
-        print(f"state      {len(m['state'])} pairs: {m['state'][0]['input']} -> {m['state'][0]['output']} ... ({m['state'][0]['kind']})")
-    if m.get("limits"):
-        print("limits     " + ", ".join(f"{k} <= {v}" for k, v in m["limits"].items()))
+    for graph in m.graphs.values():
+        print_graph(graph, several=len(m.graphs) > 1)
+    for link in m.links:
+        print(f"link       {link.source_graph}.{link.source} -> {link.target_graph}.{link.target} ({link.kind})")
     print("files")
-    for name, f in m["files"].items():
-        print(f"  {name:<30} {f['bytes']:>12,d} B  sha256 {f['sha256'][:16]}...")
-    print("versions   " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+    for name, f in m.files.items():
+        print(f"  {name:<30} {f.bytes:>12,d} B  sha256 {f.sha256[:16]}...")
+    print("versions   " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     print_engines(art, verify=not args.no_verify)
     return EXIT_OK
 
 
-def profile_text(record: dict) -> str:
-    return ", ".join(f"{k} {d['min']}:{d['opt']}:{d['max']}" for k, d in record["profiles"][0]["dims"].items())
+def print_graph(graph, several: bool) -> None:
+    indent = "  " if several else ""
+    if several:
+        print(f"graph      {graph.name}")
+    print(f"{indent}files      {graph.models}")
+    if graph.fusions:
+        print(f"{indent}fusions    " + ", ".join(f"{k} x{v}" for k, v in graph.fusions.items()))
+    for title, tensors in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        print(f"{indent}{title}")
+        for t in tensors:
+            role = f"  ({t.role})" if t.role else ""
+            print(f"{indent}  {t.name:<22} {t.dtype:<8} [{', '.join(map(str, t.shape))}]{role}")
+    if graph.state:
+        first = graph.state[0]
+        print(f"{indent}state      {len(graph.state)} pairs: {first.input} -> {first.output} ... ({first.kind})")
+    if graph.limits:
+        print(f"{indent}limits     " + ", ".join(f"{k} <= {v}" for k, v in graph.limits.items()))
+
+
+def profile_text(record) -> str:
+    return ", ".join(f"{k} {d['min']}:{d['opt']}:{d['max']}" for k, d in record.profiles[0]["dims"].items())
 
 
 def print_engines(art, verify: bool) -> None:
     from .engines import cache
 
-    records = cache.records(art.manifest)
+    records = art.manifest.engines
     print(f"engines    {len(records) or 'none (trtformer build ARTIFACT makes one)'}")
     for name, r in records.items():
         problem = cache.problem(art.path, name, r, art.manifest, verify=verify)
-        print(f"  {name}  {r['bytes'] / 1e6:.1f} MB  {r['flavor']} {r['version']}, compute capability "
-              f"{', '.join(r['compute_capability'])}, built {r['created']}{f'  [{problem}]' if problem else ''}")
-        if r.get("plugins"):
-            print("    plugin layers " + ", ".join(r["plugins"]))
+        graph = f" graph {r.graph}," if len(art.manifest.graphs) > 1 else ""
+        print(f"  {name}  {r.bytes / 1e6:.1f} MB {graph} {r.flavor} {r.version}, compute capability "
+              f"{', '.join(r.compute_capability)}, built {r.created}{f'  [{problem}]' if problem else ''}")
+        if r.plugins:
+            print("    plugin layers " + ", ".join(r.plugins))
         print("    profile " + profile_text(r))
 
 
 def cmd_build(args) -> int:
     from .engines import build_engine
 
-    result = build_engine(args.artifact, flavor=args.flavor, profile=args.profile, compute_capability=args.compute_capability,
-                          timing_cache=args.timing_cache, rebuild=args.rebuild)
+    result = build_engine(args.artifact, graph=args.graph_name, flavor=args.flavor, profile=args.profile,
+                          compute_capability=args.compute_capability, timing_cache=args.timing_cache, rebuild=args.rebuild)
     r = result.record
     how = "reused cached" if result.cached else f"built in {result.seconds:.1f} s:"
-    print(f"{how} {result.path} ({r['bytes'] / 1e6:.1f} MB)")
-    print(f"toolkit    {r['flavor']} {r['version']}, compute capability {', '.join(r['compute_capability'])}")
+    print(f"{how} {result.path} ({r.bytes / 1e6:.1f} MB)")
+    print(f"toolkit    {r.flavor} {r.version}, compute capability {', '.join(r.compute_capability)}")
     print("profile    " + profile_text(r))
-    print(f"from       {r['onnx']} (sha256 {r['onnx_sha256'][:16]}...)")
+    print(f"from       {r.onnx} (sha256 {r.onnx_sha256[:16]}...)")
     return EXIT_OK
 
 
@@ -126,7 +138,7 @@ def cmd_parity(args) -> int:
 
     options = backend_options(args, model=args.graph if args.backend.startswith("ort") else None)
     report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed,
-                          segments=args.segments, **options)
+                          segments=args.segments, graph=args.graph_name, **options)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -195,7 +207,7 @@ def cmd_encode(args) -> int:
         tokenizer = load_tokenizer(session.artifact.tokenizer_dir)
         encodings = [tokenizer.encode(t, *([args.text_pair[i]] if args.text_pair else [])) for i, t in enumerate(args.text)]
         rows, types = [e.ids for e in encodings], [e.type_ids for e in encodings]
-        if "token_type_ids" not in session.inputs:
+        if session.graph.role_input("token-types") is None:
             types = None
     elif args.input_ids:
         rows = read_id_rows(args.input_ids)
@@ -271,7 +283,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engines.flavors import FLAVOR_CHOICES
+    from .trt.flavors import FLAVOR_CHOICES
     from .runtime.backends import names as backend_names
 
     backends = backend_names()
@@ -308,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TensorRT-RTX targets such as 8.6 12.0, or current (default: all it knows but 7.5)")
     bu.add_argument("--timing-cache", type=Path, metavar="PATH", help="read and update this timing cache (full TensorRT)")
     bu.add_argument("--rebuild", action="store_true", help="build even when an engine with the same inputs is cached")
+    bu.add_argument("--graph-name", metavar="NAME", help="which graph of a several-graph artifact (default: its only one)")
     bu.set_defaults(func=cmd_build)
 
     pa = sub.add_parser("parity", help="compare a backend with the torch reference")
@@ -315,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_args(pa, backends)
     pa.add_argument("--graph", default="default", choices=["default", "plain", "optimized", "int8"],
                     help="which ONNX graph of the artifact an ort-* backend runs (default: int8, else optimized, else plain)")
+    pa.add_argument("--graph-name", metavar="NAME", help="which graph of a several-graph artifact (default: its only one)")
     pa.add_argument("--decode-steps", type=int, default=16)
     pa.add_argument("--segments", type=int, default=8, help="consecutive segments with memory carried (Transformer-XL)")
     pa.add_argument("--seed", type=int, default=0)

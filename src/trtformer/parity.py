@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import shapes, write_json_atomic
+from .artifact.examples import example_feeds, example_sizes
 from .errors import InputError
-from .runtime import shapes
-from .runtime.artifact import write_json_atomic
+from .runtime.generate import context_limit
 from .runtime.session import Session
 from .runtime.stream import Stream
 
@@ -187,55 +188,19 @@ class ParityReport:
 
 
 def padded_feeds(session: Session, batch: int, seq: int, pad: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random stateless inputs; with pad=True each row but the first is padded by a random amount, on the
-    side the model pads (left for decoders, right for encoders)."""
-    sizes = {"batch": batch, "seq": seq, "seg": seq, "past": 0, "mem": 0, "choices": 2}
-    left = session.artifact.padding_side == "left"
-    feeds = {}
-    for name in session.stateless_inputs:
-        spec = session.inputs[name]
-        shape = shapes.resolve_shape(spec["shape"], sizes)
-        if name == "attention_mask":
-            mask = np.ones(shape, np.int64)
-            if pad:
-                for row in range(1, batch):
-                    n_pad = rng.integers(1, seq)
-                    mask[row, ..., slice(None, n_pad) if left else slice(seq - n_pad, None)] = 0
-            feeds[name] = mask
-        elif name == "global_attention_mask":
-            feeds[name] = global_tokens(feeds["attention_mask"], rng)
-        elif name == "mc_token_ids":
-            feeds[name] = rng.integers(0, seq, shape).astype(np.int64)
-        else:
-            lo, hi = spec.get("value_range") or (0, 1)
-            feeds[name] = rng.integers(lo, hi + 1, shape).astype(np.int64)
-    return feeds
-
-
-def global_tokens(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Global tokens among each row's real ones: row 0 the first (as classification), row 1 none, row 2 up to three
-    elsewhere, later rows the first and up to three elsewhere (as a QA question and marked entities)."""
-    glob = np.zeros_like(mask)
-    for row in range(mask.shape[0]):
-        real = np.flatnonzero(mask[row])
-        if row != 2:
-            glob[row, real[:1]] = row != 1
-        if row >= 2 and len(real) > 1:
-            glob[row, rng.choice(real[1:], size=min(3, len(real) - 1), replace=False)] = 1
-    return glob
-
-
-SEQUENCE_DIMS = ("seq", "past + seq")
+    """Random stateless inputs from the graph's input roles; with pad=True each row but the first is padded by a
+    random amount, on the side the model pads (left for decoders, right for encoders)."""
+    sizes = example_sizes(session.graph, batch, seq)
+    return example_feeds(session.graph, sizes, rng, names=session.stateless_inputs, pad=pad)
 
 
 def valid_positions(session: Session, name: str, array: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
     """Where `name`'s values belong to real tokens, from the sequence axis of its spec (logits, hidden states,
     state outputs); None when the output has no sequence axis, or the mask is not [batch, seq]."""
-    shape = session.outputs[name]["shape"]
-    axes = [i for i, d in enumerate(shape) if d in SEQUENCE_DIMS]
-    if mask is None or mask.ndim != 2 or not axes or shape[0] != "batch":
+    spec, ids = session.outputs[name], session.graph.role_input("ids")
+    axis = session.graph.sequence_axis(spec)
+    if mask is None or mask.ndim != 2 or axis is None or ids is None or spec.shape[0] != ids.shape[0]:
         return None
-    axis = axes[0]
     valid = mask[:, -array.shape[axis]:].astype(bool)  # the last positions: new tokens come at the end
     return shapes.along_axis(valid, axis, array.ndim)
 
@@ -245,7 +210,7 @@ def compare_outputs(session, case, got: dict, want: dict, tol: Tolerance | Agree
     for n in got:
         valid = valid_positions(session, n, got[n], mask)
         if isinstance(tol, Agreement):
-            criterion = agreement_criterion(n, session.outputs[n]["shape"])
+            criterion = agreement_criterion(n, list(session.outputs[n].shape))
             out.append(compare_agreement(case, n, criterion, got[n], want[n], valid, tol))
         else:
             out.append(compare(case, n, got[n], want[n], tol, valid))
@@ -262,14 +227,16 @@ LONG_CASES = [(3, 257, True), (3, 1000, True)]
 
 def full_forward_cases(session: Session, reference: Session, tol: Tolerance | Agreement, rng) -> list[Comparison]:
     cases = AGREEMENT_CASES if isinstance(tol, Agreement) else FORWARD_CASES
-    limit = min(v for v in [*session.artifact.limits.values(), 64])
-    if "global_attention_mask" in session.inputs:
-        limit = min(v for v in [*session.artifact.limits.values(), max(s for _, s, _ in LONG_CASES)])
+    graph = session.graph
+    limit = min(v for v in [*graph.limits.values(), 64])
+    if graph.role_input("global-mask") is not None:
+        limit = min(v for v in [*graph.limits.values(), max(s for _, s, _ in LONG_CASES)])
         cases = [*cases, *LONG_CASES]
+    mask_in = graph.role_input("padding-mask")
     out = []
     for batch, seq, pad in cases:
         seq = min(seq, limit)
-        pad = pad and "attention_mask" in session.inputs  # Transformer-XL has no padding
+        pad = pad and mask_in is not None  # Transformer-XL has no padding
         feeds = padded_feeds(session, batch, seq, pad, rng)
         case = f"forward b{batch} s{seq}{' padded' if pad else ''}"
         if session.has_state:
@@ -279,30 +246,31 @@ def full_forward_cases(session: Session, reference: Session, tol: Tolerance | Ag
             want.update(named_state(reference, ref_state))
         else:
             got, want = session.run(feeds), reference.run(feeds)
-        out += compare_outputs(session, case, got, want, tol, feeds.get("attention_mask"))
+        out += compare_outputs(session, case, got, want, tol, feeds.get(mask_in.name) if mask_in else None)
     return out
 
 
 def named_state(session: Session, state) -> dict[str, np.ndarray]:
     """A state's arrays under their output names (present.*), as a forward returns them."""
-    return {session.state_pairs[n]["output"]: a for n, a in session.state_to_numpy(state).items()}
+    return {session.state_pairs[n].output: a for n, a in session.state_to_numpy(state).items()}
 
 
 def decode_cases(session: Session, reference: Session, tol: Tolerance, rng, steps: int) -> list[Comparison]:
     """Prefill, then `steps` single-token steps with the state carried on the backend; each step's logits and
     the final present states are compared with the reference recomputing the whole sequence at once."""
-    limit = session.artifact.limits.get("past + seq", 10**9)
+    limit = context_limit(session.graph) or 10**9
     batch, prompt = 2, 5
     steps = min(steps, limit - prompt)
     total = prompt + steps
     full = padded_feeds(session, batch, total, False, rng)
-    full["attention_mask"][1, :3] = 0  # row 1 left-padded
-    ids, mask = full["input_ids"], full["attention_mask"]
+    ids_in, mask_in = session.graph.role_input("ids").name, session.graph.role_input("padding-mask").name
+    full[mask_in][1, :3] = 0  # row 1 left-padded
+    ids, mask = full[ids_in], full[mask_in]
     out = []
-    got, state = session.step({"input_ids": ids[:, :prompt], "attention_mask": mask[:, :prompt]})
+    got, state = session.step({ids_in: ids[:, :prompt], mask_in: mask[:, :prompt]})
     logits = [got["logits"]]
     for t in range(prompt, total):
-        got, state = session.step({"input_ids": ids[:, t : t + 1], "attention_mask": mask[:, : t + 1]}, state)
+        got, state = session.step({ids_in: ids[:, t : t + 1], mask_in: mask[:, : t + 1]}, state)
         logits.append(got["logits"])
     want, ref_state = reference.step(full)
     want.update(named_state(reference, ref_state))
@@ -338,12 +306,12 @@ def segment_cases(session: Session, reference: Session, tol: Tolerance, rng, seg
         raise InputError(f"the segment case needs at least 2 segments to see how the error moves, got {segments}")
     streams = Stream(session, batch=2), Stream(reference, batch=2)
     seg = min(64, (streams[0].memory_limit or 15) // 3 + 1)  # the memory fills in a few segments, then slides
-    memories = [p["output"] for p in session.state_pairs.values()]
+    memories = [p.output for p in session.state_pairs.values()]
     label = os.path.commonprefix(memories) + "*" if len(memories) > 1 else memories[0]  # new_mems.*
     rows: dict[str, list[Comparison]] = {}
     peaks: dict[str, float] = {}
     for k in range(segments):
-        ids = padded_feeds(session, 2, seg, False, rng)["input_ids"]
+        ids = padded_feeds(session, 2, seg, False, rng)[streams[0].ids_name]
         case = f"segment {k + 1} ({streams[0].memory_length}+{seg} rows)"
         got, want = ({s.head: s.feed(ids), label: np.stack(list(s.memory().values()))} for s in streams)
         for name in got:
@@ -354,28 +322,12 @@ def segment_cases(session: Session, reference: Session, tol: Tolerance, rng, seg
 
 
 def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: int = 16, seed: int = 0, write: bool = True,
-                 segments: int = 8, **backend_options) -> ParityReport:
-    """Compare `backend` with the torch reference on generated cases; record the report in parity.json."""
-    session = Session.open(artifact, backend=backend, **backend_options)
-    reference = Session.open(artifact, backend="torch", verify=False)
-    precision = session.artifact.manifest["precision"]
-    graph = (session.artifact.graph_name(backend_options.get("model", "default")) if backend.startswith("ort")
-             else "engine" if backend == "tensorrt" else "reference")
-    quantized = graph == "int8"
-    report = ParityReport(str(artifact), backend, precision, TOLERANCES[precision], criterion="agreement" if quantized else "tolerance", graph=graph)
-    tol = AGREEMENT if quantized else report.tolerance
-    rng = np.random.default_rng(seed)
-    log.info("parity: full forwards on %s (%s graph)", backend, graph)
-    report.comparisons += full_forward_cases(session, reference, tol, rng)
-    if quantized:
-        report.comparisons += pooled_agreement(report.comparisons, tol)
-    kinds = {p["kind"] for p in session.state_pairs.values()}
-    if "kv-cache" in kinds:
-        log.info("parity: %d decode steps with state on %s", decode_steps, backend)
-        report.comparisons += decode_cases(session, reference, tol, rng, decode_steps)
-    if "memory" in kinds and not quantized:
-        log.info("parity: %d segments with memory on %s", segments, backend)
-        report.comparisons += segment_cases(session, reference, tol, rng, segments)
+                 segments: int = 8, graph: str | None = None, **backend_options) -> ParityReport:
+    """Compare graph `graph` (the artifact's only one by default) on `backend` with the torch reference on generated
+    cases; record the report in parity.json."""
+    with Session.open(artifact, backend=backend, graph=graph, **backend_options) as session, \
+            Session.open(session.artifact, backend="torch", graph=graph) as reference:
+        report = _compare(session, reference, backend, decode_steps, seed, segments, backend_options.get("model", "default"))
     if write:
         path = Path(artifact) / "parity.json"
         try:
@@ -384,6 +336,30 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
             existing = json.loads(path.read_text()) if path.is_file() else {}
         except ValueError:
             existing = {}
-        existing[backend if graph in ("reference", "engine", session.artifact.graph_name()) else f"{backend}:{graph}"] = report.to_dict()
+        key = backend if report.graph in ("reference", "engine", session.graph.variant()) else f"{backend}:{report.graph}"
+        existing[key if graph is None else f"{key}@{graph}"] = report.to_dict()
         write_json_atomic(path, existing)
+    return report
+
+
+def _compare(session: Session, reference: Session, backend: str, decode_steps: int, seed: int, segments: int,
+             model: str) -> ParityReport:
+    precision = session.artifact.manifest.precision
+    graph = (session.graph.variant(model) if backend.startswith("ort") else "engine" if backend == "tensorrt" else "reference")
+    quantized = graph == "int8"
+    report = ParityReport(str(session.artifact.path), backend, precision, TOLERANCES[precision],
+                          criterion="agreement" if quantized else "tolerance", graph=graph)  # fmt: skip
+    tol = AGREEMENT if quantized else report.tolerance
+    rng = np.random.default_rng(seed)
+    log.info("parity: full forwards on %s (%s graph)", backend, graph)
+    report.comparisons += full_forward_cases(session, reference, tol, rng)
+    if quantized:
+        report.comparisons += pooled_agreement(report.comparisons, tol)
+    kinds = session.graph.state_kinds
+    if "kv-cache" in kinds:
+        log.info("parity: %d decode steps with state on %s", decode_steps, backend)
+        report.comparisons += decode_cases(session, reference, tol, rng, decode_steps)
+    if "memory" in kinds and not quantized:
+        log.info("parity: %d segments with memory on %s", segments, backend)
+        report.comparisons += segment_cases(session, reference, tol, rng, segments)
     return report

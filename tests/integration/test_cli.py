@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from trtformer.cli import main
-from trtformer.runtime.artifact import file_entries
+from trtformer.artifact import file_entries
 
 
 def run(capsys, *argv):
@@ -95,7 +95,7 @@ def test_parity_failure_exits_1(artifact_copy, capsys):
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
     onnx.save(model, path)
     manifest = json.loads((artifact_copy / "manifest.json").read_text())
-    manifest["files"].update(file_entries(artifact_copy, ["model.onnx"]))
+    manifest["files"].update({n: e.to_dict() for n, e in file_entries(artifact_copy, ["model.onnx"]).items()})
     (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
     code, out, _ = run(capsys, "parity", artifact_copy)
     assert code == 1 and "FAIL" in out

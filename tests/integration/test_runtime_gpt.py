@@ -131,9 +131,9 @@ def test_not_an_artifact(tmp_path):
         trtformer.load(tmp_path)
 
 
-def test_runtime_does_not_import_torch(gpt2_artifact):
+def test_runtime_imports_neither_torch_nor_onnx(gpt2_artifact):
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
+        "import sys; sys.modules['torch'] = sys.modules['onnx'] = None\n"  # any torch or onnx import now fails
         "import numpy as np, trtformer\n"
         "from trtformer.runtime.generate import generate\n"
         f"s = trtformer.load({str(gpt2_artifact)!r}, backend='ort-cpu')\n"

@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trtformer.runtime.generate import filter_logits, left_pad
+from trtformer.artifact.examples import pad_rows
+from trtformer.runtime.generate import filter_logits
 
 
 @settings(max_examples=50, deadline=None)
@@ -33,7 +34,10 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(p, seed):
         assert mass - probs[row][kept[row]].min() < p + 1e-9
 
 
-def test_left_pad_right_aligns_rows():
-    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=9)
+def test_pad_rows_aligns_rows_on_the_padding_side():
+    ids, mask = pad_rows([[1, 2, 3], [4]], "left", pad_id=9)
     np.testing.assert_array_equal(ids, [[1, 2, 3], [9, 9, 4]])
     np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
+    ids, mask = pad_rows([[1, 2, 3], [4]], "right", pad_id=9, length=4)
+    np.testing.assert_array_equal(ids, [[1, 2, 3, 9], [4, 9, 9, 9]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 0, 0, 0]])

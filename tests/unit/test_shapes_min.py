@@ -6,7 +6,7 @@ import pytest
 
 from trtformer.engines.profiles import DimRange, resolve
 from trtformer.errors import ArtifactError, InputError
-from trtformer.runtime import shapes
+from trtformer.artifact import shapes
 
 NEW_MEM = "min(16, mem + seg)"
 

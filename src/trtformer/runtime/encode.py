@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..artifact import shapes
+from ..artifact.examples import pad_rows
 from ..errors import InputError
-from . import shapes
 from .session import Session
 
 log = logging.getLogger(__name__)
-
-SEQUENCE_DIMS = ("seq",)
 
 
 @dataclass
@@ -53,24 +52,12 @@ def _as_rows(name: str, rows) -> list[list[int]]:
     return out
 
 
-def pad_batch(rows: list[list[int]], side: str, pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows -> ([n, length] ids, [n, length] mask) with padding on `side`."""
-    length = length or max(len(r) for r in rows)
-    ids = np.full((len(rows), length), pad_id, np.int64)
-    mask = np.zeros((len(rows), length), np.int64)
-    for i, row in enumerate(rows):
-        span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        ids[i, span] = row
-        mask[i, span] = 1
-    return ids, mask
-
-
-def _paired_rows(session: Session, name: str, value, rows: list[list[int]]) -> list[list[int]] | None:
+def _paired_rows(session: Session, role: str, name: str, value, rows: list[list[int]]) -> list[list[int]] | None:
     """Per-token rows that go with input_ids (token_type_ids, global_attention_mask): same count, same lengths."""
     if value is None:
         return None
     paired = _as_rows(name, value)
-    if name not in session.inputs:
+    if session.graph.role_input(role) is None:
         raise InputError(f"this model takes no {name}")
     bad = [i for i, (a, b) in enumerate(zip(rows, paired, strict=False)) if len(a) != len(b)]
     if len(paired) != len(rows) or bad:
@@ -128,39 +115,42 @@ def encode(
     empty = [i for i, r in enumerate(rows) if not r]
     if empty:
         raise InputError(f"input_ids[{empty[0]}] is empty: every sequence needs at least one token")
-    types = _paired_rows(session, "token_type_ids", token_type_ids, rows)
-    glob = _paired_rows(session, "global_attention_mask", global_attention_mask, rows)
-    side = session.artifact.padding_side
+    graph = session.graph
+    types = _paired_rows(session, "token-types", "token_type_ids", token_type_ids, rows)
+    glob = _paired_rows(session, "global-mask", "global_attention_mask", global_attention_mask, rows)
+    side = graph.padding_side
+    ids_in, mask_in = graph.role_input("ids"), graph.role_input("padding-mask")
+    if ids_in is None or mask_in is None:
+        raise InputError("encode needs a model with token ids and a padding mask; call Session.run for this one")
+    types_in, glob_in = graph.role_input("token-types"), graph.role_input("global-mask")
     pad_id = int(session.config.get("pad_token_id") or 0)
     longest = max(len(r) for r in rows)
     fetch = list(fetch) if fetch is not None else list(session.outputs)
     results: dict[str, list[np.ndarray]] = {n: [] for n in fetch}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        ids, mask = pad_batch(chunk, side, pad_id)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in session.inputs:
-            feeds["token_type_ids"] = pad_batch(types[start : start + batch_size], side, 0)[0] if types else np.zeros_like(ids)
-        if "global_attention_mask" in session.inputs:
-            feeds["global_attention_mask"] = (pad_batch(glob[start : start + batch_size], side, 0)[0] if glob
-                                              else default_global_mask(session.config, ids) * mask)
+        ids, mask = pad_rows(chunk, side, pad_id)
+        feeds = {ids_in.name: ids, mask_in.name: mask}
+        if types_in is not None:
+            feeds[types_in.name] = pad_rows(types[start : start + batch_size], side, 0)[0] if types else np.zeros_like(ids)
+        if glob_in is not None:
+            feeds[glob_in.name] = (pad_rows(glob[start : start + batch_size], side, 0)[0] if glob
+                                   else default_global_mask(session.config, ids) * mask)
         extra = [n for n in session.stateless_inputs if n not in feeds]
         if extra:
             raise InputError(f"encode cannot fill the inputs {extra}; call Session.run with them")
         log.debug("encode: batch %d-%d, length %d", start, start + len(chunk), ids.shape[1])
         out = session.run(feeds, fetch)
         for name in fetch:
-            results[name].append(_to_length(out[name], session.outputs[name]["shape"], mask, longest, side))
-    _, mask_all = pad_batch(rows, side, pad_id, longest)
+            results[name].append(_to_length(out[name], graph.sequence_axis(session.outputs[name]), mask, longest, side))
+    _, mask_all = pad_rows(rows, side, pad_id, longest)
     return EncodeResult({n: np.concatenate(v, axis=0) for n, v in results.items()}, mask_all, [len(r) for r in rows])
 
 
-def _to_length(array: np.ndarray, shape: list, mask: np.ndarray, longest: int, side: str) -> np.ndarray:
+def _to_length(array: np.ndarray, axis: int | None, mask: np.ndarray, longest: int, side: str) -> np.ndarray:
     """Zero the padding positions of an output with a sequence axis and pad that axis to `longest`."""
-    axes = [i for i, d in enumerate(shape) if d in SEQUENCE_DIMS]
-    if not axes:
+    if axis is None:
         return array
-    axis = axes[0]
     keep = shapes.along_axis(mask.astype(bool), axis, array.ndim)
     array = np.where(keep, array, np.zeros((), array.dtype))
     widths = [(0, 0)] * array.ndim

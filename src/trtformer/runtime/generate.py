@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..artifact import shapes
+from ..artifact.examples import pad_rows
 from ..errors import InputError
 
 
@@ -47,18 +49,6 @@ class GenerationResult:
     @property
     def sequences(self) -> list[list[int]]:
         return [p + t for p, t in zip(self.prompts, self.tokens, strict=True)]
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows right-aligned: ids [batch, longest], attention mask with 0 on the padding."""
-    longest = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(prompts), longest), dtype=np.int64)
-    for row, p in enumerate(prompts):
-        if len(p):
-            ids[row, longest - len(p):] = p
-            mask[row, longest - len(p):] = 1
-    return ids, mask
 
 
 def filter_logits(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
@@ -97,7 +87,9 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
         setattr(cfg, k, v)
     cfg.check()
     # Transformer-XL's memory is state too, but its segments take no attention mask: it streams instead.
-    if {p["kind"] for p in session.state_pairs.values()} != {"kv-cache"} or "logits" not in session.outputs:
+    graph = session.graph
+    ids_in, mask_in = graph.role_input("ids"), graph.role_input("padding-mask")
+    if graph.state_kinds != {"kv-cache"} or "logits" not in session.outputs or ids_in is None or mask_in is None:
         raise InputError(f"generation needs a causal LM artifact with a KV cache; {session.artifact.path} has none",
                          hint="score Transformer-XL artifacts with `trtformer stream`")
     prompts = [list(map(int, p)) for p in prompts]
@@ -110,7 +102,7 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
     for what, value in (("eos_token_id", eos), ("pad_token_id", pad)):
         if value is not None and vocab is not None and not 0 <= value < vocab:
             raise InputError(f"{what} {value} is outside the vocabulary [0, {vocab - 1}]")
-    context = session.artifact.limits.get("past + seq")
+    context = context_limit(graph)
     longest = max(len(p) for p in prompts)
     if context is not None and longest + cfg.max_new_tokens - 1 > context:
         raise InputError(
@@ -118,13 +110,13 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
             hint="shorten the prompt or lower --max-new-tokens",
         )
     rng = np.random.default_rng(cfg.seed)
-    ids, mask = left_pad(prompts, pad)
+    ids, mask = pad_rows(prompts, "left", pad)
     batch = len(prompts)
     tokens = [[] for _ in range(batch)]
     finished = np.zeros(batch, dtype=bool)
     timings = []
     state = None
-    feeds = {"input_ids": ids, "attention_mask": mask}
+    feeds = {ids_in.name: ids, mask_in.name: mask}
     for step in range(cfg.max_new_tokens):
         t0 = time.perf_counter()
         out, state = session.step(feeds, state, fetch=["logits"])
@@ -138,5 +130,12 @@ def generate(session, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | 
         if finished.all() or step == cfg.max_new_tokens - 1:
             break
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        feeds = {"input_ids": nxt[:, None].astype(np.int64), "attention_mask": mask}
+        feeds = {ids_in.name: nxt[:, None].astype(np.int64), mask_in.name: mask}
     return GenerationResult(prompts, tokens, finished.tolist(), timings)
+
+
+def context_limit(graph) -> int | None:
+    """The most positions a sequence may reach: the limit on a sum of the sequence dim and the cache ("past + seq")."""
+    seq = graph.sequence_dim
+    found = [v for expr, v in graph.limits.items() if seq in shapes.symbols(expr) and len(shapes.symbols(expr)) > 1]
+    return min(found) if found else None

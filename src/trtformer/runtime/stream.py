@@ -26,7 +26,7 @@ class Stream:
     """Segments in, head outputs out, the memory carried between calls; `reset` starts every row afresh."""
 
     def __init__(self, session, batch: int = 1):
-        kinds = {p["kind"] for p in session.state_pairs.values()}
+        kinds = session.graph.state_kinds
         if kinds != {"memory"}:
             raise InputError(f"streaming needs a model with segment memory (Transformer-XL); {session.artifact.path} "
                              f"has {'state of kind ' + ', '.join(sorted(kinds)) if kinds else 'no state'}")  # fmt: skip
@@ -39,7 +39,8 @@ class Stream:
         self.batch = batch
         self.head = heads[0]
         pair = next(iter(session.state_pairs.values()))
-        self.memory_dim = session.inputs[pair["input"]]["shape"][pair["axis"]]
+        self.memory_dim = session.graph.state_dim(pair)
+        self.ids_name = session.graph.role_input("ids").name
         self.state: State | None = None
         self.segments = 0
         self.tokens = 0  # per row
@@ -52,7 +53,8 @@ class Stream:
     @property
     def memory_limit(self) -> int | None:
         """The most memory rows the model keeps (its mem_len); None when the manifest does not bound it."""
-        return self.session.artifact.dims.get(self.memory_dim, {}).get("max")
+        dim = self.session.graph.dims.get(self.memory_dim)
+        return None if dim is None else dim.max
 
     def reset(self) -> None:
         """Forget the memory: the next segment is the first of new sequences."""
@@ -68,7 +70,7 @@ class Stream:
             ids = ids.astype(np.int64, copy=False)
         if ids.ndim != 2 or ids.shape[0] != self.batch:
             raise InputError(f"a segment must be [batch={self.batch}, seg] token ids, got shape {ids.shape}")
-        out, self.state = self.session.step({"input_ids": ids}, self.state, fetch=[self.head])
+        out, self.state = self.session.step({self.ids_name: ids}, self.state, fetch=[self.head])
         self.segments += 1
         self.tokens += ids.shape[1]
         return out[self.head]
@@ -128,7 +130,7 @@ def log_likelihood(session, tokens: Sequence[int] | Sequence[Sequence[int]] | np
     if seg_len < 1:
         raise InputError(f"the segment length must be >= 1, got {seg_len}")
     # The last token is never fed, so the Session cannot check it: check the range here, for every token.
-    lo, hi = session.inputs["input_ids"].get("value_range") or (0, np.iinfo(np.int64).max)
+    lo, hi = stream.session.inputs[stream.ids_name].value_range or (0, np.iinfo(np.int64).max)
     bad = np.argwhere((ids < lo) | (ids > hi))
     if bad.size:
         row, pos = (int(i) for i in bad[0])

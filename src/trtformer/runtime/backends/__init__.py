@@ -19,16 +19,29 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
 }
 
 
+# The options a caller may pass to each backend class (the registry's own keyword arguments excepted).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "TorchBackend": ("model", "threads"),
+    "OrtBackend": ("model", "threads", "device_id"),
+    "TensorRTBackend": ("engine", "flavor", "cuda_graphs", "max_graphs", "device_id"),
+}
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 
 
-def create(name: str, artifact, **options) -> Backend:
-    if name not in REGISTRY:
+def create(name: str, artifact, graph: str | None = None, **options) -> Backend:
+    """Backend `name` for graph `graph` of `artifact` (its only graph by default)."""
+    if not isinstance(name, str) or name not in REGISTRY:
         raise BackendError(f"unknown backend {name!r}", hint=f"backends: {', '.join(REGISTRY)}")
     module, factory, defaults = REGISTRY[name]
     cls = getattr(importlib.import_module(module), factory)
-    return cls(artifact, **{**defaults, **options})
+    unknown = sorted(set(options) - set(OPTIONS[factory]))
+    if unknown:
+        raise BackendError(f"the {name} backend takes no option {', '.join(unknown)}",
+                           hint=f"its options: {', '.join(OPTIONS[factory]) or 'none'}")
+    return cls(artifact, graph=graph, **{**defaults, **options})
 
 
 __all__ = ["Backend", "State", "REGISTRY", "create", "names"]

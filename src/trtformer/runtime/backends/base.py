@@ -1,6 +1,7 @@
 """The backend protocol: named arrays in, named arrays out, and state that stays where the backend keeps it.
 
-A backend never validates user input (the Session does that once, for every backend) and never converts
+Backends are created by name through the registry (`backends.create(name, artifact, graph=..., **options)`) for one
+graph of an artifact, read its typed records, and change no process-wide setting. A backend never validates user input (the Session does that once, for every backend) and never converts
 state to numpy between steps: `step` keeps the state outputs as backend-native values (OrtValues, torch
 tensors, device buffers) and binds them as the next call's state inputs.
 """
@@ -21,6 +22,7 @@ class State:
     values: dict[str, Any]  # state input name -> backend-native tensor
     sizes: dict[str, int] = field(default_factory=dict)
     backend: str = ""
+    origin: tuple | None = None  # (graph, model sha256) of the session that made it; set by the Session
 
 
 class Backend(Protocol):
@@ -43,4 +45,8 @@ class Backend(Protocol):
         ...
 
     def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
+        ...
+
+    def close(self) -> None:
+        """Free sessions, engines, streams and buffers now (idempotent); later calls raise BackendError."""
         ...

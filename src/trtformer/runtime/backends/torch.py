@@ -2,25 +2,26 @@
 
 `torch` (CPU) is the ground truth parity compares against, and a baseline in benchmarks. `torch-cuda` runs the same
 model on the GPU (inputs go up, fetched outputs come back as numpy, state stays as CUDA tensors);
-`torch-cuda-triton` also loads the fused ops' Triton kernels, which then serve every CUDA call of those ops in the
-process (torch.library has no way to unload a kernel). State stays as torch tensors on the model's device.
+`torch-cuda-triton` runs the fused ops' Triton kernels, switched on only inside its own calls
+(`plugins.registry.triton_kernels`), so other sessions in the process keep the eager ops. State stays as torch
+tensors on the model's device. No setting outlives a call: `threads` applies to this backend's calls only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ...errors import ArtifactError, BackendError
+from ...families import family
 from .base import State
 
 
 def reference_model(artifact) -> torch.nn.Module:
     from safetensors.torch import load_model
-
-    from ...models import build_model
 
     path = artifact.reference_path
     if path is None:
@@ -28,44 +29,64 @@ def reference_model(artifact) -> torch.nn.Module:
             f"{artifact.path} was exported without reference weights",
             hint="re-export without --no-reference, or compare against the source checkpoint",
         )
-    model = build_model(artifact.family, artifact.config)
+    model = family(artifact.family).build(artifact.config)
     load_model(model, path, strict=True)  # restores tied parameters that the file stores once
     return model.eval()
 
 
-class TorchBackend:
-    def __init__(self, artifact, model: torch.nn.Module | None = None, threads: int | None = None, device: str = "cpu",
-                 triton: bool = False):
-        from ...exporter.specs import to_model_kwargs
+@contextlib.contextmanager
+def threads_for_call(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set for one call and restored after: torch only has a process-wide one."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
+
+class TorchBackend:
+    def __init__(self, artifact, graph: str | None = None, model: torch.nn.Module | None = None, threads: int | None = None,
+                 device: str = "cpu", triton: bool = False):
         if device not in ("cpu", "cuda"):
             raise BackendError(f"the torch backend runs on cpu or cuda, not {device!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise BackendError(f"threads must be a positive integer, got {threads!r}")
         self.name = "torch" if device == "cpu" else "torch-cuda-triton" if triton else "torch-cuda"
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"{self.name} needs a CUDA GPU, and torch {torch.__version__} sees none",
                                hint="run on a machine with an NVIDIA GPU and a CUDA build of torch, or use the torch backend")
+        self.kernels = contextlib.nullcontext
         if triton:
             if device != "cuda":
                 raise BackendError("the Triton kernels run on CUDA tensors only", hint="use torch-cuda-triton")
-            from ...plugins.registry import use_triton_kernels
+            from ...plugins.registry import triton_kernels
 
-            use_triton_kernels()
+            self.kernels = triton_kernels
+        spec = artifact.graph(graph)
         self.device = torch.device(device)
         model = model if model is not None else reference_model(artifact)
         self.model = model.to(self.device)
-        self.family = artifact.family
-        self.to_kwargs = to_model_kwargs
-        self.output_names = [o["name"] for o in artifact.outputs]
-        self.state_pairs = {s["input"]: s["output"] for s in artifact.state}
-        if threads:
-            torch.set_num_threads(threads)
+        self.to_kwargs = family(artifact.family).to_kwargs
+        self.output_names = spec.output_names
+        self.state_pairs = {p.input: p.output for p in spec.state}
+        self.threads = threads
+
+    def close(self) -> None:
+        """Drop the model (and its CUDA memory, returned to torch's caching allocator); later calls raise BackendError."""
+        self.model = None
 
     def _tensors(self, arrays) -> dict[str, torch.Tensor]:
         return {n: torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for n, a in arrays.items()}
 
-    @torch.no_grad()
     def _forward(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.model(**self.to_kwargs(self.family, dict(tensors)))
+        if self.model is None:
+            raise BackendError(f"this {self.name} backend is closed")
+        with torch.no_grad(), threads_for_call(self.threads), self.kernels():
+            return self.model(**self.to_kwargs(dict(tensors)))
 
     def run(self, feeds, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         tensors = self._tensors(feeds)
