@@ -1,12 +1,13 @@
 """The plugin registry and the TensorRT plugin of trtformer::rel_position_attention.
 
-Without TensorRT: names against the exporter's translation, lazy imports, attribute (de)serialisation, output shape
+Without TensorRT: names from the op's identity, shared with the exporter's translation, lazy imports, attribute (de)serialisation, output shape
 arithmetic and the format rule. With full TensorRT (`trt`) and a GPU (`gpu`): the creator in TensorRT's registry and
 an engine with the plugin layer against the eager op.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -16,8 +17,9 @@ from support import heavy_modules_after
 from test_rel_position_op import attrs, make_inputs
 
 from trtformer.errors import DependencyError, EngineError
-from trtformer.exporter.translations import ATTRIBUTE_TYPES, PLUGIN_NAMESPACE, PLUGIN_VERSION, TRANSLATIONS
-from trtformer.ops.rel_position import OP, reference
+from trtformer.exporter.translations import ATTRIBUTE_TYPES, TRANSLATIONS
+from trtformer.ops.identity import NAMESPACE, VERSION
+from trtformer.ops.rel_position import IDENTITY, OP, reference
 from trtformer.plugins import registry
 from trtformer.plugins.rel_position import trt as plugin
 
@@ -25,10 +27,23 @@ A = attrs(mem_len=6, same_length=True, clamp_len=3, pre_lnorm=True)
 FIELDS = plugin.encode_attributes(A)
 
 
-def test_registry_names_come_from_the_translation():
+def test_plugin_and_translation_share_the_op_identity():
     p = registry.PLUGINS["RelPositionAttention"]
-    assert (p.name, p.namespace, p.version, p.op) == (TRANSLATIONS[OP].name, PLUGIN_NAMESPACE, PLUGIN_VERSION, OP)
+    assert p.identity is IDENTITY is TRANSLATIONS[OP].identity and IDENTITY.name == "trtformer::rel_position_attention"
+    assert (p.name, p.namespace, p.version, p.op) == (TRANSLATIONS[OP].name, NAMESPACE, VERSION, OP)
     assert registry.plugin_for(OP) is p and p.load_trt() is plugin
+    assert plugin.OUTPUTS == ("output", "new_mem") == tuple(o for o, _ in TRANSLATIONS[OP].outputs)
+    node = TRANSLATIONS[OP].node_attributes(A)
+    assert (node["plugin_namespace"], node["plugin_version"]) == ("trtformer", "1")
+
+
+def test_the_plugins_import_neither_the_exporter_nor_the_engines():
+    """Layering: plugins sit below the exporter, trtformer.trt and the engines (they take names from trtformer.ops)."""
+    code = ("import sys, trtformer.plugins.registry, trtformer.plugins.trt_common, trtformer.plugins.rel_position.trt, "
+            "trtformer.plugins.sliding_window.trt\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in (['trtformer', 'exporter'], ['trtformer', 'trt'], "
+            "['trtformer', 'engines'], ['trtformer', 'runtime'])))")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["[]"]
 
 
 def test_imports_stay_lazy():

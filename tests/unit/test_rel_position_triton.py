@@ -9,6 +9,7 @@ GPU (`gpu` marker): real sizes, and the CUDA dispatch of the custom op.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 
@@ -17,7 +18,9 @@ import torch
 from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
 from test_rel_position_op import attrs, make_inputs
 
-from trtformer.ops.rel_position import reference, rel_position_attention
+from trtformer.ops import dispatch
+from trtformer.ops.rel_position import OP, reference, rel_position_attention
+from trtformer.plugins import registry  # imports no Triton: the kernels' module is loaded by the tests that run them
 
 F16 = torch.float16
 # name: (qlen, mlen, dtype, sizes, attributes). The interpreter uses 16 x 16 tiles, so 17+ rows cross block edges.
@@ -51,8 +54,6 @@ def case(name: str) -> tuple[dict, dict]:
 
 def interpreter_run() -> dict:
     """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1)."""
-    from trtformer.plugins import registry
-
     module = registry.PLUGINS["RelPositionAttention"].load_triton()
     results, tiles = {}, module.block_sizes
     for name in CASES:
@@ -65,7 +66,28 @@ def interpreter_run() -> dict:
     x, a = case("memory")  # after the import: the op on CPU tensors still runs the eager reference
     results["cpu_dispatch_is_reference"] = all(map(torch.equal, rel_position_attention(**x, **a), reference(**x, **a)))
     results["cuda_kernel_registered"] = has_cuda_kernel("trtformer::rel_position_attention")
+    results["cuda_route"] = route_choices(dispatch.route(OP), lambda f: f(**x, **a),
+                                          reference(**x, **a), module.rel_position_attention_triton(**x, **a))  # fmt: skip
     return results
+
+
+def route_choices(route, call, reference_out, triton_out) -> dict:
+    """Which implementation the op's registered CUDA kernel runs (called directly, on CPU tensors): before, inside
+    and after `triton_kernels()`, and in another thread while this one is inside."""
+
+    def which():
+        out = call(route)
+        outs = out if isinstance(out, tuple) else (out,)
+        same = lambda want: all(map(torch.equal, outs, want if isinstance(want, tuple) else (want,)))  # noqa: E731
+        return "triton" if same(triton_out) else "reference" if same(reference_out) else "neither"
+
+    seen = {"before": which()}
+    with registry.triton_kernels():
+        seen["inside"] = which()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            seen["other_thread"] = pool.submit(which).result()
+    seen["after"] = which()
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +106,56 @@ def test_interpreted_kernel_matches_eager_op(interpreted, name):
 
 def test_cuda_kernel_registered_and_cpu_keeps_reference(interpreted):
     assert interpreted["cuda_kernel_registered"] and interpreted["cpu_dispatch_is_reference"]
+
+
+def test_the_cuda_kernel_runs_triton_only_inside_triton_kernels(interpreted):
+    assert interpreted["cuda_route"] == {"before": "reference", "inside": "triton", "other_thread": "reference",
+                                         "after": "reference"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- scoped dispatch
+
+
+@pytest.fixture(scope="module")
+def toy_op():
+    """A custom op of the tests' own namespace (the real ops' routes stay untouched): x * 2, accelerated as x * 3."""
+    op = torch.library.custom_op("trtformer_tests::double", lambda x: x * 2, mutates_args=(), schema="(Tensor x) -> Tensor")
+    op.register_fake(lambda x: torch.empty_like(x))
+    overload = torch.ops.trtformer_tests.double.default
+    return overload, dispatch.provide(overload, lambda x: x * 3, lambda x: x * 2)
+
+
+def test_dispatch_routes_to_the_accelerated_kernel_only_in_the_context(toy_op):
+    op, route = toy_op
+    x = torch.ones(2)
+    assert has_cuda_kernel("trtformer_tests::double") and dispatch.route(op) is route
+    assert not dispatch.enabled() and route(x).tolist() == [2, 2]
+    with dispatch.accelerated():
+        assert dispatch.enabled() and route(x).tolist() == [3, 3]
+        with dispatch.accelerated(False):  # nested: switched off for the inner block only
+            assert route(x).tolist() == [2, 2]
+        assert route(x).tolist() == [3, 3]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a thread starts outside every context
+            assert pool.submit(lambda: route(x).tolist()).result() == [2, 2]
+        assert op(x).tolist() == [2, 2]  # CPU tensors never reach the CUDA kernel
+    assert not dispatch.enabled() and route(x).tolist() == [2, 2]
+
+
+def test_providing_again_replaces_the_kernel_not_the_registration(toy_op):
+    op, route = toy_op
+    try:
+        assert dispatch.provide(op, lambda x: x * 4, lambda x: x * 2) is route
+        with dispatch.accelerated():
+            assert route(torch.ones(1)).tolist() == [4]
+    finally:
+        dispatch.provide(op, lambda x: x * 3, lambda x: x * 2)
+
+
+def test_an_exception_inside_the_context_still_switches_it_off(toy_op):
+    _, route = toy_op
+    with pytest.raises(RuntimeError), dispatch.accelerated():
+        raise RuntimeError
+    assert route(torch.ones(1)).tolist() == [2]
 
 
 @pytest.mark.parametrize("d_head", [64, 128])
@@ -131,8 +203,6 @@ def needs_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
-    from trtformer.plugins import registry
-
     return registry.PLUGINS["RelPositionAttention"].load_triton()
 
 
@@ -159,8 +229,11 @@ def test_gpu_custom_op_dispatches_to_triton(monkeypatch):
     monkeypatch.setattr(module, "attention_core", lambda *args, **kw: calls.append(args[0].device) or core(*args, **kw))
     x, a = make_inputs(9, 4), attrs()
     rel_position_attention(**x, **a)  # CPU: the reference, no Triton
+    on_gpu = {k: v.cuda() for k, v in x.items()}
+    rel_position_attention(**on_gpu, **a)  # CUDA outside triton_kernels(): the reference too
     assert calls == []
-    got = rel_position_attention(**{k: v.cuda() for k, v in x.items()}, **a)
+    with registry.triton_kernels():
+        got = rel_position_attention(**on_gpu, **a)
     assert [d.type for d in calls] == ["cuda"]
     assert all((g.cpu() - w).abs().max() <= 1e-5 for g, w in zip(got, reference(**x, **a), strict=True))
 

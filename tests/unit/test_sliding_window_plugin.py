@@ -1,6 +1,6 @@
 """The TensorRT plugin of trtformer::sliding_window_attention (and the coding trt_common shares with rel_position).
 
-Without TensorRT: names against the exporter's translation, lazy imports, attribute (de)serialisation with the int[]
+Without TensorRT: names from the op's identity, shared with the exporter's translation, lazy imports, attribute (de)serialisation with the int[]
 dilations, output shapes, the format rule. With full TensorRT (`trt`) and a GPU (`gpu`): the creators in TensorRT's
 registry and an engine with the plugin layer against the eager op.
 """
@@ -19,8 +19,9 @@ from test_rel_position_plugin import full_tensorrt  # tensorrt with IPluginV3, o
 from test_sliding_window_triton import Case
 
 from trtformer.errors import DependencyError, EngineError
-from trtformer.exporter.translations import ATTRIBUTE_TYPES, PLUGIN_NAMESPACE, PLUGIN_VERSION, TRANSLATIONS
-from trtformer.ops.sliding_window import OP, sliding_window_reference
+from trtformer.exporter.translations import ATTRIBUTE_TYPES, TRANSLATIONS
+from trtformer.ops.identity import NAMESPACE, VERSION
+from trtformer.ops.sliding_window import IDENTITY, OP, sliding_window_reference
 from trtformer.plugins import registry, trt_common
 from trtformer.plugins.sliding_window import trt as plugin
 
@@ -29,9 +30,10 @@ FIELDS = plugin.encode_attributes(A)
 NAME = "SlidingWindowAttention"
 
 
-def test_registry_names_come_from_the_translation():
+def test_plugin_and_translation_share_the_op_identity():
     p = registry.PLUGINS[NAME]
-    assert (p.name, p.namespace, p.version, p.op) == (TRANSLATIONS[OP].name, PLUGIN_NAMESPACE, PLUGIN_VERSION, OP)
+    assert p.identity is IDENTITY is TRANSLATIONS[OP].identity and plugin.OUTPUTS == ("output",)
+    assert (p.name, p.namespace, p.version, p.op) == (TRANSLATIONS[OP].name, NAMESPACE, VERSION, OP)
     assert TRANSLATIONS[OP].node_attributes(A)["plugin_name"] == p.name  # what variant op types point to
     assert registry.plugin_for(OP) is p and p.load_trt() is plugin
     assert set(registry.PLUGINS) == {"RelPositionAttention", NAME}

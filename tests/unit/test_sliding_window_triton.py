@@ -14,9 +14,12 @@ import math
 import pytest
 import torch
 from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
+from test_rel_position_triton import route_choices  # which implementation the op's CUDA kernel runs, when
 from test_sliding_window_op import LargestTensor  # the largest tensor torch makes while active
 
-from trtformer.ops.sliding_window import sliding_window_attention, sliding_window_reference
+from trtformer.ops import dispatch
+from trtformer.ops.sliding_window import OP, sliding_window_attention, sliding_window_reference
+from trtformer.plugins import registry  # imports no Triton: the kernels' module is loaded by the tests that run them
 
 F16 = torch.float16
 
@@ -83,8 +86,6 @@ TOLERANCE = {torch.float32: 1e-5, F16: 1e-2}  # relative to the output's largest
 
 def interpreter_run() -> dict:
     """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1)."""
-    from trtformer.plugins import registry
-
     module = registry.PLUGINS["SlidingWindowAttention"].load_triton()
     results, tiles = {}, module.block_sizes
     for name, c in CASES.items():
@@ -108,6 +109,8 @@ def interpreter_run() -> dict:
         sliding_window_attention(*x, **a), sliding_window_reference(*x, **a)
     )
     results["cuda_kernel_registered"] = has_cuda_kernel("trtformer::sliding_window_attention")
+    results["cuda_route"] = route_choices(dispatch.route(OP), lambda f: f(*x, **a), sliding_window_reference(*x, **a),
+                                          module.sliding_window_attention_triton(*x, **a))  # fmt: skip
     return results
 
 
@@ -132,6 +135,11 @@ def test_torch_side_memory_is_linear_in_seq(interpreted):
 
 def test_cuda_kernel_registered_and_cpu_keeps_reference(interpreted):
     assert interpreted["cuda_kernel_registered"] and interpreted["cpu_dispatch_is_reference"]
+
+
+def test_the_cuda_kernel_runs_triton_only_inside_triton_kernels(interpreted):
+    assert interpreted["cuda_route"] == {"before": "reference", "inside": "triton", "other_thread": "reference",
+                                         "after": "reference"}  # fmt: skip
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -184,8 +192,6 @@ def needs_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
-    from trtformer.plugins import registry
-
     return registry.PLUGINS["SlidingWindowAttention"].load_triton()
 
 
@@ -212,8 +218,11 @@ def test_gpu_custom_op_dispatches_to_triton(monkeypatch):
     )
     x, a = CASES["window-8-globals-start-and-middle"].inputs()
     sliding_window_attention(*x, **a)  # CPU: the reference, no Triton
+    on_gpu = [t.cuda() for t in x]
+    sliding_window_attention(*on_gpu, **a)  # CUDA outside triton_kernels(): the reference too
     assert calls == []
-    got = sliding_window_attention(*(t.cuda() for t in x), **a)
+    with registry.triton_kernels():
+        got = sliding_window_attention(*on_gpu, **a)
     assert [d.type for d in calls] == ["cuda"]
     assert (got.cpu() - sliding_window_reference(*x, **a)).abs().max() <= 1e-5
 

@@ -35,11 +35,12 @@ import onnx
 import torch
 from onnx import defs, helper
 
+from ..artifact import PluginRecord
+from ..artifact.records import OpTypeRecord
 from ..errors import ExportError
 from ..ops import rel_position, sliding_window
+from ..ops.identity import OpIdentity, arguments
 
-PLUGIN_NAMESPACE = "trtformer"
-PLUGIN_VERSION = "1"
 DOMAIN_VERSION = 1
 TENSOR_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int64)", "tensor(int32)", "tensor(bool)"]
 _A = defs.OpSchema.AttrType
@@ -65,14 +66,28 @@ class OpCall:
 
 @dataclass(frozen=True)
 class Translation:
-    domain: str  # the plugin-form node's domain, also its function's
-    name: str  # the node's op type: the plugin's name in TensorRT
-    outputs: tuple[tuple[str, str], ...]  # (output name, the input whose type it has)
+    identity: OpIdentity  # the node's domain and op type (the plugin's name in TensorRT), attributes and outputs
+    like: tuple[str, ...]  # per output, the input whose type it has
     reference: Callable  # the op's eager body: the portable form and the function body
     attributes: Callable[[dict[str, Any]], dict[str, Any]]  # op attributes -> the node's own attributes
     function: Callable[[Translation, OpCall, int], list[onnx.FunctionProto]]  # the local function (+ helpers)
     # op attributes -> an op type suffix; None: one attribute set per model (see the module docstring)
     variant: Callable[[dict[str, Any]], str] | None = None
+
+    @property
+    def domain(self) -> str:
+        """The plugin-form node's domain, also its function's."""
+        return self.identity.domain
+
+    @property
+    def name(self) -> str:
+        """The node's op type without a variant suffix: the plugin's name in TensorRT."""
+        return self.identity.plugin
+
+    @property
+    def outputs(self) -> tuple[tuple[str, str], ...]:
+        """(output name, the input whose type it has)."""
+        return tuple(zip(self.identity.outputs, self.like, strict=True))
 
     def op_type(self, attrs: dict[str, Any]) -> str:
         """The node's op type and its function's name: the plugin name, plus the variant suffix if any."""
@@ -80,23 +95,13 @@ class Translation:
 
     def node_attributes(self, attrs: dict[str, Any]) -> dict[str, Any]:
         named = {} if self.variant is None else {"plugin_name": self.name}  # op type != plugin name
-        return {**self.attributes(attrs), "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION, **named}
+        plugin = {"plugin_namespace": self.identity.namespace, "plugin_version": self.identity.version}
+        return {**self.attributes(attrs), **plugin, **named}
 
 
 def onnx_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     """The op's attributes as ONNX takes them: bools as ints, tuples as lists."""
     return {k: int(v) if isinstance(v, bool) else list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
-
-
-def arguments(op) -> tuple[list[str], list[tuple[str, str]]]:
-    """The op's tensor argument names, and its other arguments as (name, torch type)."""
-    tensors, attrs = [], []
-    for a in op._schema.arguments:
-        if isinstance(a.type, torch.TensorType):
-            tensors.append(a.name)
-        else:
-            attrs.append((a.name, str(a.type)))
-    return tensors, attrs
 
 
 def bind(op, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -168,13 +173,12 @@ def sliding_window_variant(attrs: dict[str, Any]) -> str:
     return f"w{attrs['window']}_d{'_'.join(map(str, dilations))}"
 
 
-TRANSLATIONS: dict[Any, Translation] = {
-    rel_position.OP: Translation("trtformer", "RelPositionAttention", (("output", "hidden"), ("new_mem", "mems")),
-                                 rel_position.reference, onnx_attributes, decomposition_function),
-    sliding_window.OP: Translation(
-        "trtformer", "SlidingWindowAttention", (("output", "v"),), sliding_window.sliding_window_reference,
-        onnx_attributes, decomposition_function, variant=sliding_window_variant),
-}
+TRANSLATIONS: dict[Any, Translation] = {t.identity.op: t for t in (
+    Translation(rel_position.IDENTITY, ("hidden", "mems"), rel_position.reference, onnx_attributes,
+                decomposition_function),
+    Translation(sliding_window.IDENTITY, ("v",), sliding_window.sliding_window_reference, onnx_attributes,
+                decomposition_function, variant=sliding_window_variant),
+)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- export steps
@@ -252,8 +256,8 @@ def onnx_table(calls: dict[Any, list[OpCall]]) -> dict[Any, Callable]:
     return table
 
 
-def attach_functions(proto: onnx.ModelProto, calls: dict[Any, list[OpCall]], opset: int) -> list[dict]:
-    """Append each op's local function to the exported model; return the manifest's "plugins" records."""
+def attach_functions(proto: onnx.ModelProto, calls: dict[Any, list[OpCall]], opset: int) -> list[PluginRecord]:
+    """Append each op's local function to the exported model; return the manifest's plugin records."""
     records = []
     for op, mine in calls.items():
         t = TRANSLATIONS[op]
@@ -266,12 +270,11 @@ def attach_functions(proto: onnx.ModelProto, calls: dict[Any, list[OpCall]], ops
         for call in firsts.values():
             known = {(f.domain, f.name) for f in proto.functions}
             proto.functions.extend(f for f in t.function(t, call, opset) if (f.domain, f.name) not in known)
-        record = {"op": op.name(), "domain": t.domain, "name": t.name, "plugin_namespace": PLUGIN_NAMESPACE,
-                  "plugin_version": PLUGIN_VERSION, "nodes": len(nodes)}
+        attributes, op_types = None, ()
         if t.variant is None:
-            record["attributes"] = t.attributes(mine[0].attrs)
+            attributes = t.attributes(mine[0].attrs)
         else:  # the op types (= function names) the plugin registry maps to the plugin `name`, in layer order
-            record["op_types"] = [{"op_type": k, "nodes": sum(n.op_type == k for n in nodes), "attributes": t.attributes(c.attrs)}
-                                  for k, c in firsts.items()]
-        records.append(record)
+            op_types = tuple(OpTypeRecord(k, sum(n.op_type == k for n in nodes), t.attributes(c.attrs)) for k, c in firsts.items())
+        records.append(PluginRecord(op.name(), t.domain, t.name, t.identity.namespace, t.identity.version, len(nodes),
+                                    attributes, op_types))  # fmt: skip
     return records

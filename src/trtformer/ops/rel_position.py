@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .identity import OpIdentity
+
 
 def sinusoid_encodings(pos: Tensor, d_model: int) -> Tensor:  # [len(pos), d_model] fp32
     """R(d) = [sin(d * f), cos(d * f)] for the distances in pos."""
@@ -134,6 +136,8 @@ def reference(
 
 rel_position_attention = torch.library.custom_op("trtformer::rel_position_attention", reference, mutates_args=())
 OP = torch.ops.trtformer.rel_position_attention.default
+# The plugin-form node and TensorRT plugin: the attention sublayer's output and the layer's new memory.
+IDENTITY = OpIdentity.of(OP, "RelPositionAttention", ("output", "new_mem"))
 
 
 @rel_position_attention.register_fake

@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .identity import OpIdentity
+
 NAME = "trtformer::sliding_window_attention"
 _MASKED = torch.finfo(torch.float32).min  # finite, so a row with nothing allowed stays NaN-free
 
@@ -265,3 +267,4 @@ def _(q, k, v, q_global, k_global, v_global, key_padding_mask, global_mask, wind
 
 
 OP = torch.ops.trtformer.sliding_window_attention.default  # the overload ExportedPrograms call
+IDENTITY = OpIdentity.of(OP, "SlidingWindowAttention", ("output",))  # the plugin-form node and TensorRT plugin

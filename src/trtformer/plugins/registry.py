@@ -1,37 +1,53 @@
-"""The fused ops that have plugins: TensorRT name, namespace and version, the custom op, and lazy loaders.
+"""The fused ops that have plugins: their identity (from trtformer.ops), and lazy loaders of their implementations.
 
-Names come from the exporter's translation table, so the ONNX node a plugin-form export writes and the plugin
+Names come from each op's IDENTITY, which the exporter writes plugin-form nodes by, so the ONNX node and the plugin
 TensorRT looks up cannot drift apart. Nothing heavy is imported until a loader runs: Triton and TensorRT are
 optional extras, and a missing one raises DependencyError naming the extra.
+
+Loading a Triton module does not switch the ops to it: the kernels run only inside `triton_kernels()` (see
+ops/dispatch.py), so a torch-cuda session keeps the eager reference whatever another session loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
 from ..errors import require
-from ..exporter.translations import PLUGIN_NAMESPACE, PLUGIN_VERSION, TRANSLATIONS
-from ..ops import rel_position, sliding_window
+from ..ops import dispatch, rel_position, sliding_window
+from ..ops.identity import OpIdentity
 
 
 @dataclass(frozen=True)
 class Plugin:
-    op: torch._ops.OpOverload  # the custom op the plugin implements
+    identity: OpIdentity  # the op's node and plugin names
     package: str  # trtformer.plugins.<package> holds triton.py and trt.py
-    namespace: str = PLUGIN_NAMESPACE
-    version: str = PLUGIN_VERSION
+
+    @property
+    def op(self) -> torch._ops.OpOverload:
+        """The custom op the plugin implements."""
+        return self.identity.op
 
     @property
     def name(self) -> str:
         """The TensorRT plugin name: the plugin-form node's op type (without a variant suffix)."""
-        return TRANSLATIONS[self.op].name
+        return self.identity.plugin
+
+    @property
+    def namespace(self) -> str:
+        return self.identity.namespace
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
 
     def load_triton(self) -> ModuleType:
-        """The Triton implementation; importing it registers it as the op's CUDA kernel."""
+        """The Triton implementation; importing it provides the op's accelerated CUDA kernel (ops/dispatch.py)."""
         require("triton", "triton", f"the Triton kernel of {self.name}")
         return importlib.import_module(f"{__package__}.{self.package}.triton")
 
@@ -41,7 +57,7 @@ class Plugin:
 
 
 PLUGINS: dict[str, Plugin] = {
-    p.name: p for p in (Plugin(rel_position.OP, "rel_position"), Plugin(sliding_window.OP, "sliding_window"))
+    p.name: p for p in (Plugin(rel_position.IDENTITY, "rel_position"), Plugin(sliding_window.IDENTITY, "sliding_window"))
 }
 
 
@@ -53,8 +69,23 @@ def plugin_for(op) -> Plugin:
     raise KeyError(op)
 
 
-def use_triton_kernels() -> list[str]:
-    """Load every Triton implementation, so the custom ops dispatch to them on CUDA tensors; their names."""
+_loaded = False  # every Triton module imported: triton_kernels() then skips the loaders
+
+
+def load_triton_kernels() -> list[str]:
+    """Import every Triton implementation (DependencyError without Triton); their plugin names. The kernels run
+    only inside `triton_kernels()`."""
+    global _loaded
     for p in PLUGINS.values():
         p.load_triton()
+    _loaded = True
     return list(PLUGINS)
+
+
+@contextlib.contextmanager
+def triton_kernels() -> Iterator[None]:
+    """Inside the block, the fused ops run their Triton kernels on CUDA tensors (in this thread or task only)."""
+    if not _loaded:
+        load_triton_kernels()
+    with dispatch.accelerated():
+        yield

@@ -5,7 +5,7 @@ rule, the Triton function enqueue runs) and gets its plugin and creator classes 
 
 tensorrt is imported when the classes are first needed (`plugin_classes`, `register`): this module imports without
 it, and the attribute coding, shape arithmetic and format rules are plain functions tested without it.
-Attributes are the op's own, named and typed by the exporter's translation (`translations.arguments`): ints and
+Attributes are the op's own, named and typed by its schema (`ops.identity.OpIdentity.attributes`): ints and
 bools as INT32 fields, floats as FLOAT32, int[] as an INT32 array of its length, the types TensorRT's ONNX parser
 gives a plugin node's attributes.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engines.flavors import DTYPE_NAMES
+from ..artifact.dtypes import DTYPES
 from ..errors import EngineError, require
 from .registry import Plugin
 
@@ -31,7 +31,8 @@ FIELD_TYPES: dict[str, tuple[type, type]] = {
     "List[float]": (np.float32, float),
 }  # fmt: skip
 FIELD_DTYPES = {kind: dtype for kind, (dtype, _) in FIELD_TYPES.items()}
-TRT_DTYPE_NAMES = DTYPE_NAMES  # TensorRT data types by name -> the dtype names the format rules use
+# TensorRT DataType member names -> the dtype names the format rules use (artifact/dtypes.py is the table)
+TRT_DTYPE_NAMES = {d.trt: d.name for d in DTYPES.values()}
 
 
 def is_list(kind: str) -> bool:

@@ -1,5 +1,6 @@
 """`trtformer::rel_position_attention` with Triton kernels: one flash-attention kernel for the core, one copy kernel
-for the memory update. Importing this module registers it as the op's CUDA kernel (CPU keeps the eager reference).
+for the memory update. Importing this module provides it as the op's CUDA kernel inside `triton_kernels()`
+(ops/dispatch.py); elsewhere, and on CPU, the op keeps the eager reference.
 
 Split of the work:
 - torch (cuBLAS on GPU): the q, k/v, r_net and o_net projections, the residual and the LayerNorm epilogue. The
@@ -25,7 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...ops.rel_position import OP, _layer_norm32, distance_projections
+from ...ops import dispatch
+from ...ops.rel_position import OP, _layer_norm32, distance_projections, reference
 
 # What the reference's masked_fill writes; with it a fully masked row averages all keys, as there.
 FILL = tl.constexpr(torch.finfo(torch.float32).min)
@@ -215,4 +217,5 @@ def rel_position_attention_triton(
     return out, new_mem
 
 
-torch.library.register_kernel(OP, "cuda", rel_position_attention_triton)
+# The op's CUDA kernel inside plugins.registry.triton_kernels(); the eager reference elsewhere.
+dispatch.provide(OP, rel_position_attention_triton, reference)

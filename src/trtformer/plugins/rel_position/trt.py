@@ -13,17 +13,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from ...exporter.translations import arguments
 from .. import trt_common
 from ..registry import PLUGINS
 from ..trt_common import INT_OPS, AttributeCodec, DimOps, PluginSpec
 
 PLUGIN = PLUGINS["RelPositionAttention"]
-TENSORS, FIELDS = arguments(PLUGIN.op)  # input names in order; [(attribute, torch type)]
-OUTPUTS = ("output", "new_mem")
+TENSORS, FIELDS = PLUGIN.identity.tensors, PLUGIN.identity.attributes  # input names; (attribute, torch type) pairs
+OUTPUTS = PLUGIN.identity.outputs
 FLOAT_TYPES = ("float32", "float16")
 LN_INPUTS = (TENSORS.index("ln_weight"), TENSORS.index("ln_bias"))  # may stay fp32 in an fp16 model
-CODEC = AttributeCodec(PLUGIN.name, tuple(FIELDS))
+CODEC = AttributeCodec(PLUGIN.name, FIELDS)
 encode_attributes, decode_attributes, field_collection = CODEC.encode, CODEC.decode, CODEC.collection
 FIELD_DTYPES = trt_common.FIELD_DTYPES  # numpy dtype of each attribute type
 

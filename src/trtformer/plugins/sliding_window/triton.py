@@ -1,5 +1,6 @@
 """`trtformer::sliding_window_attention` with Triton kernels: one for the local queries, one for the global queries.
-Importing this module registers it as the op's CUDA kernel (CPU keeps the eager reference).
+Importing this module provides it as the op's CUDA kernel inside `triton_kernels()` (ops/dispatch.py); elsewhere, and
+on CPU, the op keeps the eager reference.
 
 Split of the work:
 - torch, O(batch * seq) and no host sync: `token_kinds` codes each token as padding, local or global (int8) and lists
@@ -28,7 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...ops.sliding_window import OP, check_attributes, check_shapes
+from ...ops import dispatch
+from ...ops.sliding_window import OP, check_attributes, check_shapes, sliding_window_reference
 
 # What the reference's masked_fill writes. Finite, so a tile with nothing allowed gives no NaN (-inf - -inf); a real
 # score later resets the sums through alpha = exp2(FILL - s) = 0.
@@ -244,4 +246,5 @@ def sliding_window_attention_triton(
     return out
 
 
-torch.library.register_kernel(OP, "cuda", sliding_window_attention_triton)
+# The op's CUDA kernel inside plugins.registry.triton_kernels(); the eager reference elsewhere.
+dispatch.provide(OP, sliding_window_attention_triton, sliding_window_reference)

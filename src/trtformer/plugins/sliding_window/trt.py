@@ -6,7 +6,7 @@ int32, int64, fp32 or fp16 is taken, nonzero meaning true. enqueue wraps TensorR
 on TensorRT's stream and runs the Triton implementation straight into the output buffer.
 
 Attributes: window (INT32), dilations (an INT32 array, one per head) and scale (FLOAT32). The plugin-form nodes of a
-model carry one op type per attribute set (`SlidingWindowAttention_w512_d1`, see exporter/translations.py) with
+model carry one op type per attribute set (`SlidingWindowAttention_w512_d1`, written by exporter/translations.py) with
 `plugin_name` naming this plugin; `register(op_types)` also registers the creator under those op types, for a parser
 that looks plugins up by op type. The classes and attribute coding are `trt_common`'s; this module gives the op's
 output shape and format rule, plain functions tested without tensorrt.
@@ -17,19 +17,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from ...exporter.translations import arguments
 from .. import trt_common
 from ..registry import PLUGINS
 from ..trt_common import AttributeCodec, PluginSpec
 
 PLUGIN = PLUGINS["SlidingWindowAttention"]
-TENSORS, FIELDS = arguments(PLUGIN.op)  # input names in order; [(attribute, torch type)]
-OUTPUTS = ("output",)
+TENSORS, FIELDS = PLUGIN.identity.tensors, PLUGIN.identity.attributes  # input names; (attribute, torch type) pairs
+OUTPUTS = PLUGIN.identity.outputs
 FLOAT_TYPES = ("float32", "float16")
 MASK_TYPES = ("bool", "int32", "int64", "float32", "float16")
 MASKS = (TENSORS.index("key_padding_mask"), TENSORS.index("global_mask"))
 V = TENSORS.index("v")
-CODEC = AttributeCodec(PLUGIN.name, tuple(FIELDS))
+CODEC = AttributeCodec(PLUGIN.name, FIELDS)
 encode_attributes, decode_attributes, field_collection = CODEC.encode, CODEC.decode, CODEC.collection
 
 
