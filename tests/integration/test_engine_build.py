@@ -18,11 +18,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support import manifest
 
+from trtformer.artifact import SCHEMA_VERSION, Artifact, file_entries, write_json_atomic
 from trtformer.cli import main
-from trtformer.engines import build_engine, flavors, profiles, read_engine
+from trtformer.engines import build_engine, profiles, read_engine
 from trtformer.engines.build import load_timing_cache, save_timing_cache
 from trtformer.errors import ArtifactError, DependencyError, EngineError
-from trtformer.runtime.artifact import SCHEMA_VERSION, file_entries, write_json_atomic
+from trtformer.trt import flavors
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'trtformer[tensorrt-rtx]'; CI installs it)")
 
@@ -38,6 +39,11 @@ def set_manifest(art: Path, m: dict) -> None:
     write_json_atomic(art / "manifest.json", m)
 
 
+def entries(art: Path, names: list[str]) -> dict:
+    """The manifest's `files` entries of `names`, as JSON."""
+    return {k: v.to_dict() for k, v in file_entries(art, names).items()}
+
+
 def snapshot(art: Path) -> dict[str, bytes]:
     """Every file of the manifest and engines/, hidden temporaries included, by content."""
     paths = [art / "manifest.json", *sorted((art / "engines").iterdir())]
@@ -48,11 +54,10 @@ def snapshot(art: Path) -> dict[str, bytes]:
 
 
 def landed_cases() -> list:
-    """Every family and form with an export spec, in fp32 and fp16, and every family's portable form in bf16. GPT
-    uses the session artifacts (and the presets for fp16 and bf16); a family added later builds from its
-    tiny-<family> preset (transfo_xl: tiny-transfo-xl) without a change here."""
-    from trtformer.exporter.export import FUSED_OP_FAMILIES
-    from trtformer.exporter.specs import SPECS
+    """Every registered family and form, in fp32 and fp16, and every family's portable form in bf16. GPT uses the
+    session artifacts (and the presets for fp16 and bf16); a family added later builds from its tiny-<family> preset
+    (transfo_xl: tiny-transfo-xl) without a change here."""
+    from trtformer.families import FAMILIES
 
     cases = [
         pytest.param("gpt2_artifact", id="gpt2-portable-fp32"),
@@ -61,9 +66,9 @@ def landed_cases() -> list:
         pytest.param(("tiny-openai-gpt", "portable", "fp16"), id="openai-gpt-portable-fp16"),
         pytest.param(("tiny-gpt2", "portable", "bf16"), id="gpt2-portable-bf16"),
     ]
-    for family in sorted(set(SPECS) - {"gpt"}):
+    for family in sorted(set(FAMILIES) - {"gpt"}):
         preset = f"tiny-{family.replace('_', '-')}"
-        for form in ("portable", "plugin") if family in FUSED_OP_FAMILIES else ("portable",):
+        for form in ("portable", "plugin") if FAMILIES[family].fused_ops else ("portable",):
             for precision in ("fp32", "fp16", "bf16") if form == "portable" else ("fp32", "fp16"):
                 cases.append(pytest.param((preset, form, precision), id=f"{family}-{form}-{precision}"))
     return cases
@@ -78,7 +83,7 @@ def test_every_landed_family_builds_ahead_of_time(case, request, tmp_path):
 
         preset, form, precision = case
         art = trtformer.export(preset, tmp_path / "art", form=form, precision=precision, reference=False)
-    before = manifest(art)
+    before, graph = manifest(art), Artifact.load(art).graph()
     result = build_engine(art, flavor=RTX)
 
     assert not result.cached and result.path == art / result.name and result.path.is_file()
@@ -87,7 +92,7 @@ def test_every_landed_family_builds_ahead_of_time(case, request, tmp_path):
     r = m["engines"][result.name]
     assert r["flavor"] == RTX and r["version"] == trt.__version__
     assert {"8.6", "8.9", "12.0"} <= set(r["compute_capability"]) and "7.5" not in r["compute_capability"]
-    assert r["profiles"] == [profiles.resolve(before).to_dict()]
+    assert r["profiles"] == [profiles.resolve(graph).to_dict()] and r["graph"] == "model"
     assert r["onnx"] == "model.onnx" and r["onnx_sha256"] == before["files"]["model.onnx"]["sha256"]
     assert r["plugins"] == []  # TensorRT-RTX has no plugin layers: a plugin-form graph's functions were inlined
     assert r["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest() and r["bytes"] == result.path.stat().st_size
@@ -117,7 +122,7 @@ def test_a_second_build_reuses_the_engine_and_a_new_profile_adds_one(built):
     wider = build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["batch=1:4:32"])
     assert not wider.cached and wider.name != first.name
     assert set(manifest(art)["engines"]) == {first.name, wider.name}
-    assert wider.record["profiles"][0]["inputs"]["input_ids"]["max"] == [32, 64]
+    assert wider.record.profiles[0]["inputs"]["input_ids"]["max"] == [32, 64]
     assert read_engine(art, flavor=RTX).name == wider.name  # the newest that matches
     assert read_engine(art, flavor=RTX, engine=first.name).record == first.record
 
@@ -134,7 +139,7 @@ def test_engine_from_another_onnx_fails_to_load_until_rebuilt(built):
     with pytest.raises(ArtifactError, match="model.onnx does not match its sha256"):
         build_engine(art, flavor=RTX)
     m = manifest(art)
-    m["files"].update(file_entries(art, ["model.onnx"]))
+    m["files"].update(entries(art, ["model.onnx"]))
     set_manifest(art, m)
 
     with pytest.raises(EngineError, match=r"built from another model.onnx \(sha256 [0-9a-f]{12}\.\.\.\); the artifact's is now"):
@@ -237,8 +242,9 @@ def shape(dim: str) -> list:
     return [dim, 4, 4]
 
 
-def toy_artifact(root: Path, extra_op: str | None = None) -> Path:
-    """An artifact of y = extra_op(x + z), x [a, 4, 4] and z [b, 4, 4]: tiny, and its dims can be made to clash."""
+def toy_artifact(root: Path, extra_op: str | None = None, graphs: tuple[str, ...] = ("model",)) -> Path:
+    """An artifact of y = extra_op(x + z), x [a, 4, 4] and z [b, 4, 4]: tiny, and its dims can be made to clash. Each
+    name in `graphs` is a graph of that one file."""
     root.mkdir()
     nodes = [helper.make_node("Add", ["x", "z"], ["s"], name="add")]
     if extra_op:
@@ -250,13 +256,15 @@ def toy_artifact(root: Path, extra_op: str | None = None) -> Path:
     model.ir_version = 10
     onnx.save(model, root / "model.onnx")
     dim = {"min": 1, "max": None, "opt": 2, "description": ""}
+    spec = {
+        "inputs": [{"name": n, "dtype": "float32", "shape": shape(d), "role": "features"} for n, d in (("x", "a"), ("z", "b"))],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": shape("a")}],
+        "state": [], "dims": {"a": dim, "b": dim}, "limits": {}, "models": {"plain": "model.onnx"},
+    }  # fmt: skip
     set_manifest(root, {
         "schema_version": SCHEMA_VERSION, "family": "toy", "config": {}, "form": "portable", "precision": "fp32",
-        "opset": 20, "state": [], "models": {"plain": "model.onnx"}, "files": file_entries(root, ["model.onnx"]),
-        "inputs": [{"name": n, "dtype": "float32", "shape": shape(d)} for n, d in (("x", "a"), ("z", "b"))],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": shape("a")}],
-        "dims": {"a": dim, "b": dim}, "limits": {},
-    })
+        "opset": 20, "graphs": dict.fromkeys(graphs, spec), "files": entries(root, ["model.onnx"]),
+    })  # fmt: skip
     (root / "engines").mkdir()
     return root
 
@@ -275,12 +283,29 @@ def test_parser_failure_names_node_op_and_reason(tmp_path, capsys):
 def test_failed_build_leaves_manifest_and_engines_untouched(tmp_path):
     art = toy_artifact(tmp_path / "toy")
     first = build_engine(art, flavor=RTX, compute_capability=["8.6"])  # unbounded dims get DEFAULT_MAX
-    assert first.record["profiles"][0]["dims"]["a"] == {"min": 1, "opt": 2, "max": profiles.DEFAULT_MAX}
+    assert first.record.profiles[0]["dims"]["a"] == {"min": 1, "opt": 2, "max": profiles.DEFAULT_MAX}
     before = snapshot(art)
     # x + z cannot broadcast when a and b never meet: TensorRT's builder, not trtformer, refuses this profile.
     with pytest.raises(EngineError, match="failed to build the engine: .*not compatible"):
         build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["a=2:2:3", "b=5:5:6"])
     assert snapshot(art) == before
+
+
+def test_each_graph_gets_its_own_engines(tmp_path):
+    """Two graphs of one ONNX file: same key, but each engine is named and recorded for its graph, and read by it."""
+    art = toy_artifact(tmp_path / "two", graphs=("model", "step"))
+    first = build_engine(art, flavor=RTX, compute_capability=["8.6"])  # "model" is the default graph
+    step = build_engine(art, graph="step", flavor=RTX, compute_capability=["8.6"])
+    assert first.record.key == step.record.key and not step.cached
+    assert first.name == f"engines/{RTX}-{first.record.key[:16]}.engine"  # graph "model" keeps the names it had
+    assert step.name == f"engines/step-{RTX}-{step.record.key[:16]}.engine"
+    assert {n: r["graph"] for n, r in manifest(art)["engines"].items()} == {first.name: "model", step.name: "step"}
+    assert read_engine(art, flavor=RTX).name == first.name and read_engine(art, graph="step", flavor=RTX).name == step.name
+    assert read_engine(art, flavor=RTX, engine=step.name).record.graph == "step"  # an engine named brings its graph
+    with pytest.raises(EngineError, match="built from the graph 'step', not 'model'"):
+        read_engine(art, graph="model", flavor=RTX, engine=step.name)
+    with pytest.raises(ArtifactError, match="no graph 'other'"):
+        build_engine(art, graph="other", flavor=RTX)
 
 
 # ---------------------------------------------------------------------------------------------- timing cache

@@ -6,19 +6,26 @@ import re
 
 import pytest
 
-from trtformer.engines.flavors import parse_capability
-from trtformer.engines.profiles import DEFAULT_MAX, DimRange, parse_override, resolve
+from trtformer.artifact import GraphSpec
+from trtformer.engines.profiles import DEFAULT_MAX, DimRange, parse_override
+from trtformer.engines.profiles import resolve as resolve_graph
 from trtformer.errors import ArtifactError, InputError
+from trtformer.trt.flavors import parse_capability
+
+
+def resolve(graph: dict, overrides=None):
+    """profiles.resolve on a graph written as manifest JSON, read as the runtime reads it."""
+    return resolve_graph(GraphSpec.from_dict("model", {"outputs": [], "models": {"plain": "model.onnx"}, **graph}, "test"), overrides)
 
 
 def gpt_manifest(n_positions: int = 64) -> dict:
-    """The I/O part of a GPT-2 LM manifest (2 layers, 4 heads of 16), as the exporter writes it."""
+    """The I/O part of a GPT-2 LM graph (2 layers, 4 heads of 16), as the exporter writes it."""
     kv = ["batch", 4, "past", 16]
     return {
         "inputs": [
-            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
-            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "past + seq"]},
-            *({"name": f"past.{i}.{p}", "dtype": "float32", "shape": kv} for i in range(2) for p in ("key", "value")),
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "role": "ids"},
+            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "past + seq"], "role": "padding-mask"},
+            *({"name": f"past.{i}.{p}", "dtype": "float32", "shape": kv, "role": "state"} for i in range(2) for p in ("key", "value")),
         ],
         "dims": {
             "batch": {"min": 1, "max": None, "opt": 1},
@@ -50,7 +57,7 @@ def test_overrides_replace_one_dim_and_flow_into_derived_dims():
 
 
 def test_limits_on_a_single_dim_cap_it():
-    m = {"inputs": [{"name": "input_ids", "shape": ["batch", "seq"]}],
+    m = {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "role": "ids"}],
          "dims": {"batch": {"min": 1, "max": None, "opt": 1}, "seq": {"min": 1, "max": None, "opt": 128}},
          "limits": {"seq": 32}}
     assert resolve(m).dims["seq"] == DimRange(1, 32, 32)

@@ -17,7 +17,7 @@ import torch
 from support import manifest
 
 import trtformer
-from trtformer.engines.flavors import DTYPE_NAMES
+from trtformer.artifact.dtypes import DTYPES
 from trtformer.errors import BackendError, EngineError, InputError
 from trtformer.runtime import backends
 from trtformer.runtime.backends.base import State
@@ -47,7 +47,7 @@ def test_dtype_map_covers_what_the_exporter_writes_and_names_what_it_cannot_bind
 
 def test_dtype_map_uses_tensorrt_member_names():
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed")
-    assert set(DTYPE_NAMES) <= set(trt.DataType.__members__)
+    assert {d.trt for d in DTYPES.values()} <= set(trt.DataType.__members__)
 
 
 def test_bf16_comes_back_as_fp32_numpy():
@@ -211,6 +211,13 @@ def test_importing_the_backend_imports_no_tensorrt_and_leaves_cuda_alone():
     assert out.split() == ["[]", "False"]
 
 
+def test_the_backend_imports_no_builder():
+    """The backend shares trtformer.trt with the builder and reads engines through engines.loader only."""
+    code = ("import sys, trtformer.runtime.backends.tensorrt\n"
+            "print(sorted(m for m in sys.modules if m == 'trtformer.engines.build'))")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["[]"]
+
+
 def test_the_runtime_with_the_tensorrt_backend_module_imports_no_torch():
     # A service that embeds the runtime on ONNX Runtime must not load torch; the tensorrt backend does when created.
     code = ("import sys, trtformer.runtime.session, trtformer.runtime.backends.ort, trtformer.runtime.backends.tensorrt\n"
@@ -243,6 +250,46 @@ def test_torch_cuda_without_cuda_names_the_gpu(gpt2_artifact, name):
         trtformer.load(gpt2_artifact, backend=name)
 
 
+# ---------------------------------------------------------------------------------------------- close
+
+
+class Held:
+    """A stand-in TensorRT object that notes when it is let go."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def __del__(self):
+        self.log.append(self.name)
+
+
+def opened_backend(log: list):
+    """A TensorRTBackend as __init__ leaves it, with stand-ins for what CUDA and TensorRT would make."""
+    from trtformer.runtime.backends.tensorrt import TensorRTBackend
+
+    b = TensorRTBackend.__new__(TensorRTBackend)
+    b._closed, b.engine_name = False, "engines/tensorrt-rtx-0123456789abcdef.engine"
+    b.stream = type("Stream", (), {"synchronize": lambda self: log.append("synchronize")})()
+    for name in ("graphs", "pool", "placeholder", "context", "engine", "runtime"):
+        setattr(b, name, Held(name, log))
+    return b
+
+
+def test_close_frees_in_dependency_order_and_later_calls_are_refused():
+    log = []
+    backend = opened_backend(log)
+    with backend as same:
+        assert same is backend
+    assert log == ["synchronize", "graphs", "pool", "placeholder", "context", "engine", "runtime"]
+    backend.close()  # idempotent
+    assert len(log) == 7
+    calls = [lambda: backend.run({}), lambda: backend.step({}, State({}), [], {}), lambda: backend.empty_state({}, {}, {}),
+             lambda: backend.state_from_numpy({}, {}), lambda: backend.state_to_numpy(State({}))]  # fmt: skip
+    for call in calls:
+        with pytest.raises(BackendError, match="closed"):
+            call()
+
+
 # ---------------------------------------------------------------------------------------------- on a GPU
 
 
@@ -250,7 +297,7 @@ def engine_runtime_missing() -> str | None:
     """Why engines cannot run here, or None."""
     if not torch.cuda.is_available():
         return "needs a CUDA GPU"
-    from trtformer.engines import flavors
+    from trtformer.trt import flavors
 
     if importlib.util.find_spec("tensorrt") is not None:
         return None

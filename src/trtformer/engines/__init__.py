@@ -1,24 +1,33 @@
-"""TensorRT and TensorRT-RTX engines built from an artifact's ONNX, cached in ARTIFACT/engines/.
+"""TensorRT and TensorRT-RTX engines built from an artifact graph's ONNX, cached in ARTIFACT/engines/.
 
-Importing this package imports neither TensorRT flavor nor torch; `build_engine` and `read_engine` import the
-flavor they use.
+- build.py     the builder (`build_engine`)
+- cache.py     keys, manifest records, the checks that name a mismatch
+- loader.py    a stored engine's bytes for a runtime, checked first (`read_engine`)
+- profiles.py  optimisation profiles from a graph's dims and overrides
+The flavors, the logger and plugin registration are in trtformer.trt, shared with the tensorrt backend.
+
+Importing this package imports nothing of its own: each name below is imported when first used, so the runtime can
+read engines without importing the builder, and neither TensorRT flavor nor torch is imported until a build or read.
 """
 
 from __future__ import annotations
 
-from .build import EngineBuild, build_engine
-from .flavors import FLAVOR_CHOICES, FLAVORS
-from .loader import StoredEngine, read_engine
-from .profiles import DEFAULT_MAX, DimRange, Profile
+import importlib
 
-__all__ = [
-    "DEFAULT_MAX",
-    "FLAVORS",
-    "FLAVOR_CHOICES",
-    "DimRange",
-    "EngineBuild",
-    "Profile",
-    "StoredEngine",
-    "build_engine",
-    "read_engine",
-]
+_EXPORTS = {
+    "build_engine": ".build", "EngineBuild": ".build",
+    "read_engine": ".loader", "StoredEngine": ".loader",
+    "DEFAULT_MAX": ".profiles", "DimRange": ".profiles", "Profile": ".profiles",
+    "FLAVORS": "..trt.flavors", "FLAVOR_CHOICES": "..trt.flavors",
+}  # fmt: skip
+_MODULES = {"flavors": "..trt.flavors"}  # trtformer.engines.flavors, where it lived before trtformer.trt
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name], __name__)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

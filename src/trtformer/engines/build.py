@@ -1,7 +1,7 @@
-"""Artifact ONNX -> TensorRT or TensorRT-RTX engine in ARTIFACT/engines/, recorded in the manifest.
+"""An artifact graph's ONNX -> TensorRT or TensorRT-RTX engine in ARTIFACT/engines/, recorded in the manifest.
 
 One code path for both flavors: a strongly typed network (precision lives in the ONNX), the ONNX parser,
-one optimisation profile from the manifest's dims, the compute capability targets, and
+one optimisation profile from the graph's dims, the compute capability targets, and
 `build_serialized_network`. TensorRT's own messages and build phases go to logging, never to stdout.
 """
 
@@ -13,51 +13,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact import Artifact, EngineRecord
 from ..errors import EngineError
-from ..runtime.artifact import Artifact
-from . import cache, flavors, profiles
-from .flavors import Targets, Toolkit
+from ..trt import flavors
+from ..trt.flavors import Targets, Toolkit
+from ..trt.logger import make_logger
+from ..trt.plugins import register_plugins
+from . import cache, profiles
 from .profiles import DimRange, Profile
 
 log = logging.getLogger(__name__)
-trt_log = logging.getLogger("trtformer.engines.trt")
-
-# TensorRT warnings that every build of these graphs raises and that need no action: int64 inputs (token ids,
-# masks) bind as int64, a derived dim's max corner is clamped below the sum of its parts (see profiles.py), and
-# a local function inlined once per call repeats its node names (the plugin form).
-BENIGN_WARNINGS = ("has Int64 binding", "Profile kMAX values are not self-consistent",
-                   "the output tensors of this new instance will not be queryable")
 PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
 class EngineBuild:
     path: Path  # the engine file
-    name: str  # its key in manifest["engines"]
-    record: dict
+    name: str  # its key in manifest.engines
+    record: EngineRecord
     cached: bool  # True when an intact engine with the same key was reused
     seconds: float
-
-
-def make_logger(trt):
-    """A trt.ILogger that forwards to logging and keeps the errors for the exception message."""
-
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            S = trt.ILogger.Severity
-            if severity in (S.INTERNAL_ERROR, S.ERROR):
-                self.errors.append(msg)
-                trt_log.debug("%s", msg)
-            elif severity == S.WARNING:
-                trt_log.log(logging.DEBUG if any(b in msg for b in BENIGN_WARNINGS) else logging.WARNING, "%s", msg)
-            elif severity == S.INFO:
-                trt_log.debug("%s", msg)
-
-    return Logger()
 
 
 def _make_monitor(trt):
@@ -92,10 +67,6 @@ def _make_monitor(trt):
     return Monitor()
 
 
-def _last_errors(logger, limit: int = 3) -> str:
-    return " | ".join(logger.errors[-limit:]) or "no message from TensorRT"
-
-
 def _reason(desc: str, code: str) -> str:
     """The readable part of a parser error, which often quotes the check that failed as source text."""
     desc = desc.strip()
@@ -120,23 +91,6 @@ def parser_failure(parser, onnx_name: str, logged: str = "") -> EngineError:
         problems.append(f"{node} (op {e.node_operator()}){where}: {_reason(e.desc(), e.code().name)} [{e.code().name}]")
     return EngineError(f"cannot parse {onnx_name}: " + ("; ".join(problems) or logged),
                        hint="export the portable form, or a model whose ops TensorRT supports")
-
-
-def register_plugins(manifest: dict) -> list[str]:
-    """Register the creators of the plugins a plugin-form artifact uses (full TensorRT), under the plugin's name and
-    every op type its nodes carry; returns the plugin names. The parser needs them before parsing, or it inlines the
-    nodes' local functions (a working engine, but without the fused kernels), and deserializing looks them up."""
-    from ..plugins.registry import PLUGINS
-
-    names = []
-    for record in manifest.get("plugins", []):
-        plugin = PLUGINS.get(record["name"])
-        if plugin is None:
-            raise EngineError(f"the artifact uses the plugin {record['name']!r}, which this trtformer does not provide",
-                              hint="re-export with this trtformer, or in the portable form")
-        plugin.load_trt().register([t["op_type"] for t in record.get("op_types", [])])
-        names.append(record["name"])
-    return names
 
 
 def _network_flags(trt) -> int:
@@ -182,13 +136,13 @@ def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Tar
     try:
         builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as exc:  # pybind reports a failed constructor as one of these
-        raise EngineError(f"{kit.label} cannot create a builder: {_last_errors(logger)}") from exc
+        raise EngineError(f"{kit.label} cannot create a builder: {logger.last_errors()}") from exc
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     t0 = time.perf_counter()
     # parse_from_file finds external data next to the graph.
     if not parser.parse_from_file(str(onnx_path)):
-        raise parser_failure(parser, onnx_path.name, _last_errors(logger))
+        raise parser_failure(parser, onnx_path.name, logger.last_errors())
     log.info("parsed %s (%d layers) in %.1f s", onnx_path.name, network.num_layers, time.perf_counter() - t0)
     config = builder.create_builder_config()
     _add_profile(builder, config, network, profile)
@@ -207,7 +161,7 @@ def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Tar
     log.info("building with %s for compute capability %s; profile %s", kit.label, ", ".join(targets.labels), profile.summary())
     data = builder.build_serialized_network(network, config)
     if data is None:
-        raise EngineError(f"{kit.label} failed to build the engine: {_last_errors(logger)}",
+        raise EngineError(f"{kit.label} failed to build the engine: {logger.last_errors()}",
                           hint="run with -v for TensorRT's messages")
     if use_timing_cache:
         save_timing_cache(config, timing_cache)
@@ -217,41 +171,43 @@ def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Tar
 def build_engine(
     artifact: str | Path | Artifact,
     *,
+    graph: str | None = None,
     flavor: str = "auto",
     profile: list[str] | dict[str, DimRange] | None = None,
     compute_capability: list[str] | None = None,
     timing_cache: str | Path | None = None,
     rebuild: bool = False,
 ) -> EngineBuild:
-    """Build (or reuse) the engine of an artifact's ONNX for one flavor, profile and set of targets.
+    """Build (or reuse) the engine of one graph's ONNX for one flavor, profile and set of targets.
 
-    profile: overrides such as ["batch=1:4:32"]; every other dim comes from the manifest (see profiles.py).
-    compute_capability: targets such as ["8.6", "12.0"] or ["current"]; see flavors.targets for the defaults.
+    graph: the artifact graph to build; by default its only graph.
+    profile: overrides such as ["batch=1:4:32"]; every other dim comes from the graph (see profiles.py).
+    compute_capability: targets such as ["8.6", "12.0"] or ["current"]; see trt.flavors.targets for the defaults.
     A failed build leaves the manifest and the engines already in the artifact untouched.
     """
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact, verify=False)
-    art.verify(cache.onnx_files(art.manifest))
-    prof = profiles.resolve(art.manifest, profile)
+    spec = art.graph(graph)
+    art.verify(cache.onnx_files(art.manifest, spec))
+    prof = profiles.resolve(spec, profile)
     kit = flavors.load(flavor)
     targets = flavors.targets(kit, compute_capability)
-    key = cache.cache_key(cache.onnx_sha256(art.manifest), kit, targets, prof)
-    name = cache.engine_name(kit.name, key)
+    key = cache.cache_key(cache.onnx_sha256(art.manifest, spec), kit, targets, prof)
+    name = cache.engine_name(kit.name, key, spec.name)
     if not rebuild and (record := cache.cached(art, name, key)) is not None:
         log.info("%s is up to date (same ONNX, %s, targets and profile)", name, kit.label)
         return EngineBuild(art.path / name, name, record, True, 0.0)
-    onnx_path = art.model_path("plain")
+    onnx_path = art.model_path("plain", spec.name)
     plugins = register_plugins(art.manifest) if kit.plugin_layers else []
     t0 = time.perf_counter()
     data = compile_engine(kit, onnx_path, prof, targets, Path(timing_cache) if timing_cache is not None else None)
     seconds = time.perf_counter() - t0
     view = memoryview(data)
     record = cache.make_record(key=key, sha256=hashlib.sha256(view).hexdigest(), nbytes=view.nbytes, kit=kit,
-                               targets=targets, profile=prof, manifest=art.manifest, seconds=seconds, plugins=plugins)
+                               targets=targets, profile=prof, manifest=art.manifest, graph=spec, seconds=seconds,
+                               plugins=plugins)  # fmt: skip
     try:
-        cache.commit(art.path, name, view, record)
+        art.manifest = cache.commit(art.path, name, view, record)
     except OSError as exc:
         raise EngineError(f"cannot store the engine in {art.path}: {exc}", hint="check the artifact directory's permissions and free space") from exc
-    art.manifest.setdefault("engines", {})[name] = record
     log.info("built %s (%.1f MB) in %.1f s", name, view.nbytes / 1e6, seconds)
     return EngineBuild(art.path / name, name, record, False, seconds)
-

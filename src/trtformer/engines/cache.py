@@ -1,9 +1,11 @@
 """The engine cache: a key per build, the manifest record of each engine, and the check that names a mismatch.
 
-`manifest["engines"]` maps an engine's path in the artifact (engines/<flavor>-<key>.engine) to its record:
-flavor, version, compute capabilities, profiles, the ONNX it came from with its sha256, and the engine's own
-size and sha256. Engines are not listed in `manifest["files"]`: they are derived, can be rebuilt, and opening
-an artifact on ONNX Runtime should neither hash them nor fail when one is gone.
+`manifest.engines` maps an engine's path in the artifact to its EngineRecord: the graph it was built from, flavor,
+version, compute capabilities, profiles, the ONNX with its sha256, and the engine's own size and sha256. Graph
+"model" keeps the names engines have always had (engines/<flavor>-<key>.engine); another graph's engines carry its
+name (engines/<graph>-<flavor>-<key>.engine), so two graphs' engines never collide. Engines are not listed in
+`manifest.files`: they are derived, can be rebuilt, and opening an artifact on ONNX Runtime should neither hash
+them nor fail when one is gone.
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import EngineError
-from ..runtime.artifact import MANIFEST, Artifact, sha256_file, write_json_atomic
-from .flavors import FLAVORS, Targets, Toolkit
+from ..artifact import (
+    DEFAULT_GRAPH,
+    Artifact,
+    EngineRecord,
+    GraphSpec,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from ..errors import ArtifactError, EngineError
+from ..trt.flavors import FLAVORS, Targets, Toolkit
 from .profiles import Profile
 
 log = logging.getLogger(__name__)
@@ -27,19 +38,19 @@ ENGINES_DIR = "engines"
 BUILDER_REVISION = 1
 
 
-def onnx_files(manifest: dict) -> list[str]:
-    """The ONNX graph engines are built from (the plain one: the optimized graph holds ONNX Runtime's
+def onnx_files(manifest: Manifest, graph: GraphSpec) -> list[str]:
+    """The ONNX file engines of `graph` are built from (the plain one: the optimized graph holds ONNX Runtime's
     contrib ops, which TensorRT does not parse), with its external data file when it has one."""
-    name = manifest["models"]["plain"]
-    return [n for n in (name, f"{name}.data") if n in manifest["files"]]
+    name = graph.models["plain"]
+    return [n for n in (name, f"{name}.data") if n in manifest.files]
 
 
-def onnx_sha256(manifest: dict) -> str:
-    """The graph's sha256 from the manifest; combined with its external data's when the weights lie apart."""
-    files, names = manifest["files"], onnx_files(manifest)
+def onnx_sha256(manifest: Manifest, graph: GraphSpec) -> str:
+    """The graph file's sha256 from the manifest; combined with its external data's when the weights lie apart."""
+    names = onnx_files(manifest, graph)
     if len(names) == 1:
-        return files[names[0]]["sha256"]
-    return hashlib.sha256("".join(f"{n} {files[n]['sha256']}\n" for n in names).encode()).hexdigest()
+        return manifest.files[names[0]].sha256
+    return hashlib.sha256("".join(f"{n} {manifest.files[n].sha256}\n" for n in names).encode()).hexdigest()
 
 
 def cache_key(onnx_digest: str, kit: Toolkit, targets: Targets, profile: Profile) -> str:
@@ -55,55 +66,69 @@ def cache_key(onnx_digest: str, kit: Toolkit, targets: Targets, profile: Profile
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def engine_name(flavor: str, key: str) -> str:
-    return f"{ENGINES_DIR}/{flavor}-{key[:16]}.engine"
+def engine_name(flavor: str, key: str, graph: str = DEFAULT_GRAPH) -> str:
+    prefix = "" if graph == DEFAULT_GRAPH else f"{graph}-"
+    return f"{ENGINES_DIR}/{prefix}{flavor}-{key[:16]}.engine"
 
 
 def make_record(*, key: str, sha256: str, nbytes: int, kit: Toolkit, targets: Targets, profile: Profile,
-                manifest: dict, seconds: float, plugins: list[str]) -> dict:
-    return {
-        "key": key,
-        "sha256": sha256,
-        "bytes": nbytes,
-        "flavor": kit.name,
-        "version": kit.version,
-        "compute_capability": list(targets.labels),
-        "profiles": [profile.to_dict()],
-        "onnx": manifest["models"]["plain"],
-        "onnx_sha256": onnx_sha256(manifest),
+                manifest: Manifest, graph: GraphSpec, seconds: float, plugins: list[str]) -> EngineRecord:  # fmt: skip
+    return EngineRecord(
+        key=key,
+        sha256=sha256,
+        bytes=nbytes,
+        flavor=kit.name,
+        version=kit.version,
+        compute_capability=tuple(targets.labels),
+        profiles=(profile.to_dict(),),
+        onnx=graph.models["plain"],
+        onnx_sha256=onnx_sha256(manifest, graph),
         # The fused ops that run as plugin layers; a plugin-form artifact's others were inlined from their functions.
-        "plugins": plugins,
-        "build_seconds": round(seconds, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        plugins=tuple(plugins),
+        build_seconds=round(seconds, 3),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        graph=graph.name,
+    )
 
 
-def records(manifest: dict) -> dict[str, dict]:
-    return manifest.get("engines", {})
+def records(manifest: Manifest, graph: str | None = None) -> dict[str, EngineRecord]:
+    """The manifest's engines, in the order they were recorded; only graph `graph`'s when it is named."""
+    return {n: r for n, r in manifest.engines.items() if graph is None or r.graph == graph}
 
 
-def intact(root: Path, name: str, record: dict) -> bool:
+def intact(root: Path, name: str, record: EngineRecord) -> bool:
     path = root / name
-    return path.is_file() and path.stat().st_size == record["bytes"] and sha256_file(path) == record["sha256"]
+    return path.is_file() and path.stat().st_size == record.bytes and sha256_file(path) == record.sha256
 
 
-def problem(root: Path, name: str, record: dict, manifest: dict, verify: bool = True) -> str | None:
-    """Why a listed engine cannot be loaded as it is (missing, altered, built from another ONNX), or None.
-    The flavor, version and GPU checks need the runtime's toolkit and device: `check` makes those."""
+def _source_graph(manifest: Manifest, record: EngineRecord) -> GraphSpec | None:
+    try:
+        return manifest.graph(record.graph)
+    except ArtifactError:
+        return None
+
+
+def problem(root: Path, name: str, record: EngineRecord, manifest: Manifest, verify: bool = True) -> str | None:
+    """Why a listed engine cannot be loaded as it is (missing, altered, built from another ONNX or from a graph the
+    artifact no longer has), or None. The flavor, version and GPU checks need the runtime's toolkit and device:
+    `check` makes those."""
     path = root / name
     if not path.is_file():
         return "missing"
     if verify and not intact(root, name, record):
         return "altered: it does not match its sha256"
-    if record["onnx_sha256"] != onnx_sha256(manifest):
-        return f"stale: built from another {record['onnx']}"
+    graph = _source_graph(manifest, record)
+    if graph is None:
+        return f"stale: the artifact has no graph {record.graph!r}"
+    if record.onnx_sha256 != onnx_sha256(manifest, graph):
+        return f"stale: built from another {record.onnx}"
     return None
 
 
-def cached(art: Artifact, name: str, key: str) -> dict | None:
+def cached(art: Artifact, name: str, key: str) -> EngineRecord | None:
     """The record of a stored engine with this key whose file is intact, else None."""
-    record = records(art.manifest).get(name)
-    if record is None or record.get("key") != key:
+    record = art.manifest.engines.get(name)
+    if record is None or record.key != key:
         return None
     if not intact(art.path, name, record):
         log.warning("%s does not match its record in the manifest; rebuilding it", art.path / name)
@@ -111,27 +136,31 @@ def cached(art: Artifact, name: str, key: str) -> dict | None:
     return record
 
 
-def check(name: str, record: dict, manifest: dict, kit: Toolkit, capability: str | None = None) -> None:
+def check(name: str, record: EngineRecord, manifest: Manifest, kit: Toolkit, capability: str | None = None) -> None:
     """Raise EngineError naming what differs between a stored engine and the artifact or installed toolkit."""
-    built_with = FLAVORS[record["flavor"]].title if record["flavor"] in FLAVORS else record["flavor"]
-    if record["flavor"] != kit.name:
+    built_with = FLAVORS[record.flavor].title if record.flavor in FLAVORS else record.flavor
+    if record.flavor != kit.name:
         raise EngineError(f"{name} was built with {built_with}, not {kit.flavor.title}",
                           hint=f"rebuild it with `trtformer build ARTIFACT --flavor {kit.name}`")
-    if record["version"] != kit.version:
-        raise EngineError(f"{name} was built with {built_with} {record['version']}, but {kit.version} is installed; "
+    if record.version != kit.version:
+        raise EngineError(f"{name} was built with {built_with} {record.version}, but {kit.version} is installed; "
                           "engines do not move between versions")
-    current = onnx_sha256(manifest)
-    if record["onnx_sha256"] != current:
-        raise EngineError(f"{name} was built from another {record['onnx']} (sha256 {record['onnx_sha256'][:12]}...); "
+    graph = _source_graph(manifest, record)
+    if graph is None:
+        raise EngineError(f"{name} was built from the graph {record.graph!r}, which the artifact no longer has")
+    current = onnx_sha256(manifest, graph)
+    if record.onnx_sha256 != current:
+        raise EngineError(f"{name} was built from another {record.onnx} (sha256 {record.onnx_sha256[:12]}...); "
                           f"the artifact's is now {current[:12]}...")
-    if capability is not None and capability not in record["compute_capability"]:
-        raise EngineError(f"{name} targets compute capability {', '.join(record['compute_capability'])}, "
+    if capability is not None and capability not in record.compute_capability:
+        raise EngineError(f"{name} targets compute capability {', '.join(record.compute_capability)}, "
                           f"not this GPU's {capability}",
                           hint=f"rebuild it with `trtformer build ARTIFACT --compute-capability {capability}`")
 
 
-def commit(root: Path, name: str, data, record: dict) -> None:
-    """Put the engine in place and record it in the manifest, or, on any failure, leave both as they were."""
+def commit(root: Path, name: str, data, record: EngineRecord) -> Manifest:
+    """Put the engine in place and record it in the manifest, or, on any failure, leave both as they were.
+    Returns the manifest as written."""
     path = root / name
     path.parent.mkdir(exist_ok=True)
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
@@ -146,9 +175,8 @@ def commit(root: Path, name: str, data, record: dict) -> None:
         tmp.replace(path)
         placed = True
         # Read the manifest again just before writing, to keep what another process recorded meanwhile.
-        manifest = json.loads((root / MANIFEST).read_text())
-        manifest.setdefault("engines", {})[name] = record
-        write_json_atomic(root / MANIFEST, manifest)
+        manifest = read_manifest(root).with_engine(name, record)
+        write_manifest(root, manifest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         if had_old and backup.exists():
@@ -157,3 +185,4 @@ def commit(root: Path, name: str, data, record: dict) -> None:
             path.unlink(missing_ok=True)
         raise
     backup.unlink(missing_ok=True)
+    return manifest

@@ -1,8 +1,8 @@
-"""Optimisation profiles: min/opt/max for every dynamic dim, from the manifest plus `NAME=min:opt:max` overrides.
+"""Optimisation profiles: min/opt/max for every dynamic dim of a graph, from its dims plus `NAME=min:opt:max` overrides.
 
-Dims come from `manifest["dims"]`; a dim whose max is None (batch, choices) gets DEFAULT_MAX. Derived dims such
+Dims come from the graph's `dims`; a dim whose max is None (batch, choices) gets DEFAULT_MAX. Derived dims such
 as "past + seq" or "min(16, mem + seg)" follow their parts (sums and minima grow with them), clamped to the
-manifest's `limits`. With the parts clamped together, the max corner of a derived dim can be smaller than the
+graph's `limits`. With the parts clamped together, the max corner of a derived dim can be smaller than the
 sum of its parts' maxima (past 127 and seq 128 under a context of 128): each input still gets the full range it
 can see, and TensorRT checks the real shapes at run time.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..artifact import GraphSpec
+from ..artifact import shapes as expressions
 from ..errors import ArtifactError, InputError
-from ..runtime import shapes as expressions
 
 # Cap for dims the model leaves unbounded (batch). Engine memory grows with every max, and GPT's full-length
 # logits are batch x seq x vocab: 16 keeps GPT-2 small's profile near 3 GiB of outputs. Raise it with --profile.
@@ -88,22 +89,21 @@ def _clamp(value: int, lo: int, hi: int) -> int:
     return max(lo, min(value, hi))
 
 
-def _base_dims(manifest: dict, overrides: dict[str, DimRange]) -> dict[str, DimRange]:
-    dims, limits = manifest.get("dims", {}), manifest.get("limits", {})
+def _base_dims(graph: GraphSpec, overrides: dict[str, DimRange]) -> dict[str, DimRange]:
     out = {}
-    for name, d in dims.items():
-        caps = [v for v in (d["max"], limits.get(name)) if v is not None]
+    for name, d in graph.dims.items():
+        caps = [v for v in (d.max, graph.limits.get(name)) if v is not None]
         top = min(caps) if caps else None
         if name in overrides:
             rng = overrides[name]
-            if rng.min < d["min"] or (top is not None and rng.max > top):
-                allowed = f"{d['min']} <= {name} <= {top}" if top is not None else f"{name} >= {d['min']}"
+            if rng.min < d.min or (top is not None and rng.max > top):
+                allowed = f"{d.min} <= {name} <= {top}" if top is not None else f"{name} >= {d.min}"
                 raise _bad(f"--profile {name}={rng}: the model accepts {allowed}")
             out[name] = rng
         else:
-            hi = top if top is not None else max(DEFAULT_MAX, d["min"])
+            hi = top if top is not None else max(DEFAULT_MAX, d.min)
             # The manifest's opt is a typical size and may lie outside [min, max] for small models.
-            out[name] = DimRange(d["min"], _clamp(d["opt"], d["min"], hi), hi)
+            out[name] = DimRange(d.min, _clamp(d.opt, d.min, hi), hi)
     return out
 
 
@@ -120,25 +120,24 @@ def _derived(expr: str, base: dict[str, DimRange], limit: int | None) -> DimRang
     return DimRange(lo, opt, hi)
 
 
-def resolve(manifest: dict, overrides: Iterable[str] | Mapping[str, DimRange] | None = None) -> Profile:
-    """The profile for an artifact's inputs: manifest dims, overridden where asked, derived dims from their parts."""
+def resolve(graph: GraphSpec, overrides: Iterable[str] | Mapping[str, DimRange] | None = None) -> Profile:
+    """The profile for a graph's inputs: its dims, overridden where asked, derived dims from their parts."""
     wanted = parse_overrides(overrides)
-    inputs = manifest["inputs"]
-    symbols = {d for t in inputs for d in t["shape"] if isinstance(d, str)}
+    symbols = {d for t in graph.inputs for d in t.shape if isinstance(d, str)}
     for name in wanted:
-        if name not in manifest.get("dims", {}):
+        if name not in graph.dims:
             if name in symbols:
                 parts = " and ".join(expressions.symbols(name))
                 raise _bad(f"--profile {name}: it is derived from {parts}; set those instead")
-            known = ", ".join(manifest.get("dims", {})) or "none"
+            known = ", ".join(graph.dims) or "none"
             raise _bad(f"--profile {name}: the model has no such dim (dims: {known})")
-    dims = _base_dims(manifest, wanted)
+    dims = _base_dims(graph, wanted)
     for expr in sorted(symbols - set(dims)):
-        dims[expr] = _derived(expr, dims, manifest.get("limits", {}).get(expr))
+        dims[expr] = _derived(expr, dims, graph.limits.get(expr))
     shapes = {}
-    for t in inputs:
-        shapes[t["name"]] = {
-            corner: tuple(d if isinstance(d, int) else getattr(dims[d], corner) for d in t["shape"])
+    for t in graph.inputs:
+        shapes[t.name] = {
+            corner: tuple(d if isinstance(d, int) else getattr(dims[d], corner) for d in t.shape)
             for corner in ("min", "opt", "max")
         }
     return Profile(dims, shapes)

@@ -2,7 +2,7 @@
 
 Full TensorRT (`import tensorrt`) builds on and for the GPU it runs on, and will take trtformer's plugins.
 TensorRT-RTX (`import tensorrt_rtx`) builds ahead of time for named compute capabilities, on a machine
-without a GPU. Everything else the builder uses is API the two share.
+without a GPU. Everything else the builder and the runtime use is API the two share. Tensor types: artifact/dtypes.py.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ FLAVORS = {
     "tensorrt-rtx": Flavor("tensorrt-rtx", "tensorrt_rtx", "tensorrt-rtx", "TensorRT-RTX"),
 }
 FLAVOR_CHOICES = ("auto", *FLAVORS)
-# TensorRT DataType member names (the same in both flavors) -> numpy/torch dtype names
-DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-               "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}  # fmt: skip
 # NVIDIA builds TensorRT-RTX engines for Turing only on request: it holds back the other targets, and fp32
 # matmuls do not compile for it at all.
 RTX_OPT_IN = {"7.5"}

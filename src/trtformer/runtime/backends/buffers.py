@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...engines.flavors import DTYPE_NAMES
-from ...errors import BackendError, InputError
+from ...artifact.dtypes import from_trt
+from ...errors import ArtifactError, BackendError, InputError
 from .base import State
 
 if TYPE_CHECKING:
@@ -32,8 +32,8 @@ def torch_dtype(trt_name: str) -> torch.dtype:
     import torch
 
     try:
-        return getattr(torch, DTYPE_NAMES[trt_name])
-    except KeyError:
+        return getattr(torch, from_trt(trt_name).name)
+    except ArtifactError:
         raise BackendError(f"the engine has a tensor of type {trt_name}, which the tensorrt backend cannot bind",
                            hint="export the model in fp32, fp16 or bf16") from None
 

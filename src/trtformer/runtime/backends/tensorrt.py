@@ -1,7 +1,7 @@
-"""The tensorrt backend: an artifact's engine (full TensorRT or TensorRT-RTX) run on a CUDA GPU.
+"""The tensorrt backend: an engine of one artifact graph (full TensorRT or TensorRT-RTX) run on a CUDA GPU.
 
-The engine is the one `trtformer build` stored in the artifact, checked against the artifact, the installed flavor and
-this GPU's compute capability before it is deserialized. Device buffers are torch CUDA tensors and every call runs on
+The engine is the one `trtformer build` stored in the artifact for the graph, checked against the artifact, the
+installed flavor and this GPU's compute capability before it is deserialized. Device buffers are torch CUDA tensors and every call runs on
 the backend's own torch CUDA stream (set_input_shape, set_tensor_address, execute_async_v3). Fetched outputs come
 back as numpy; state outputs stay on the device and are bound as the next step's inputs, never through the host.
 
@@ -9,7 +9,9 @@ Without CUDA graphs each step writes its state into new tensors (torch's caching
 State stays valid. With `cuda_graphs=True`, steps write state into two fixed ping-pong slots, and a step whose shapes
 and source slot were seen before replays a captured graph (see buffers.py); a State overwritten since is refused.
 Importing this module imports neither TensorRT flavor nor torch, nor initialises CUDA: that happens when the backend is
-created (its device buffers are torch CUDA tensors), so a service that runs other backends never loads torch.
+created (its device buffers are torch CUDA tensors), so a service that runs other backends never loads torch. It
+shares trtformer.trt with the builder and reads engines through engines.loader; the builder itself is never imported.
+`close()` (or leaving a `with` block) frees the context, engine, runtime and buffers at once, not at garbage collection.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...engines import flavors
-from ...engines.build import make_logger, register_plugins
+from ...artifact import Artifact
 from ...engines.loader import read_engine
 from ...errors import BackendError, EngineError, InputError
+from ...trt import flavors
+from ...trt.logger import make_logger
+from ...trt.plugins import register_plugins
 from .base import State
 from .buffers import GraphCache, PingPong, address, profile_problems, shape_key, to_device, to_numpy, torch_dtype
 
@@ -46,13 +50,16 @@ class Graph:
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, artifact, flavor: str = "auto", engine: str | None = None, cuda_graphs: bool = False,
-                 max_graphs: int = 8, device_id: int = 0):
+    def __init__(self, artifact: Artifact, *, graph: str | None = None, flavor: str = "auto", engine: str | None = None,
+                 cuda_graphs: bool = False, max_graphs: int = 8, device_id: int = 0):  # fmt: skip
         import torch
 
         self._torch = torch
+        self._closed = False
+        spec = artifact.graph(graph)
         kit = flavors.load(flavor)
-        stored = read_engine(artifact, flavor=kit.name, engine=engine, compute_capability=flavors.device_capability(device_id))
+        stored = read_engine(artifact, graph=spec.name, flavor=kit.name, engine=engine,
+                             compute_capability=flavors.device_capability(device_id))  # fmt: skip
         if not torch.cuda.is_available():
             raise BackendError(f"the tensorrt backend runs {stored.name} on a CUDA GPU, and torch {torch.__version__} sees none",
                                hint="run on a machine with an NVIDIA GPU and a CUDA build of torch")
@@ -73,14 +80,14 @@ class TensorRTBackend:
         io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in io if self.engine.get_tensor_mode(n) == kit.trt.TensorIOMode.INPUT]
         self.outputs = [n for n in io if n not in inputs]
-        want_in, want_out = {t["name"] for t in artifact.inputs}, {t["name"] for t in artifact.outputs}
+        want_in, want_out = set(spec.input_names), set(spec.output_names)
         if set(inputs) != want_in or set(self.outputs) != want_out:
             raise EngineError(f"{stored.name} has inputs {inputs} and outputs {self.outputs}, the manifest "
                               f"{sorted(want_in)} and {sorted(want_out)}")
         self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n).name) for n in io}
-        self.profile = stored.record["profiles"][0]["inputs"]
-        self.output_names = [t["name"] for t in artifact.outputs]
-        self.state_pairs = {s["input"]: s["output"] for s in artifact.state}
+        self.profile = stored.record.profiles[0]["inputs"]
+        self.output_names = spec.output_names
+        self.state_pairs = {p.input: p.output for p in spec.state}
         self.placeholder = torch.empty(256, dtype=torch.uint8, device=self.device)  # bound for empty tensors
         self.pool = PingPong(self.device) if cuda_graphs else None
         self.graphs = GraphCache(max_graphs) if cuda_graphs else None
@@ -88,7 +95,31 @@ class TensorRTBackend:
                  ", CUDA graphs" if cuda_graphs else "")
 
     def _errors(self) -> str:
-        return " | ".join(self.logger.errors[-3:]) or "no message from TensorRT"
+        return self.logger.last_errors()
+
+    # --- lifetime ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the CUDA graphs, state slots, context, engine and runtime now, in that order (a context before its
+        engine, an engine before its runtime). Idempotent; later calls raise BackendError."""
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "stream", None) is not None:
+            self.stream.synchronize()  # nothing enqueued may outlive the buffers it uses
+        for name in ("graphs", "pool", "placeholder", "context", "engine", "runtime", "stream"):
+            setattr(self, name, None)  # dropped in this order: each held object goes before what it depends on
+
+    def __enter__(self) -> TensorRTBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        if self._closed:
+            raise BackendError(f"this tensorrt backend ({self.engine_name}) is closed",
+                               hint="load the artifact again for a new session")
 
     # --- binding -----------------------------------------------------------------------------------------
 
@@ -130,26 +161,31 @@ class TensorRTBackend:
     # --- protocol ----------------------------------------------------------------------------------------
 
     def run(self, feeds: Mapping[str, np.ndarray], fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        self._open()
         with self._torch.cuda.stream(self.stream):
             outputs = self._forward(self._upload(feeds))
             return {n: to_numpy(outputs[n]) for n in (fetch or self.output_names)}
 
     def empty_state(self, shapes, dtypes, sizes) -> State:
+        self._open()
         with self._torch.cuda.stream(self.stream):
             return State({n: self._torch.zeros(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in shapes},
                          dict(sizes), self.name)
 
     def state_from_numpy(self, arrays, sizes) -> State:
+        self._open()
         with self._torch.cuda.stream(self.stream):
             return State(self._upload(arrays), dict(sizes), self.name)
 
     def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
+        self._open()
         if self.pool is not None:
             self.pool.slot_of(state)  # refuses an overwritten state
         with self._torch.cuda.stream(self.stream):
             return {n: to_numpy(v) for n, v in state.values.items()}
 
     def step(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
+        self._open()
         with self._torch.cuda.stream(self.stream):
             if self.pool is None:
                 outputs = self._forward({**self._upload(feeds), **state.values})
