@@ -1,1 +1,2 @@
-"""PyTorch -> ONNX: I/O specs per family, precision, and the artifact writer."""
+"""PyTorch -> ONNX: tracing against a family's graph spec, precision, the fused ops' translations, ONNX Runtime's fusions,
+int8, and the artifact writer."""

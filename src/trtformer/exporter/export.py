@@ -1,4 +1,8 @@
-"""PyTorch reference model -> ONNX artifact directory (manifest, model.onnx, reference weights, tokenizer)."""
+"""PyTorch reference model -> ONNX artifact directory (manifest, model.onnx, reference weights, tokenizer).
+
+What differs between families (graph I/O, keyword arguments, fp32 heads, ONNX Runtime's optimizer, fused ops) comes
+from the family's registry entry; the manifest is the typed one of trtformer.artifact.
+"""
 
 from __future__ import annotations
 
@@ -8,72 +12,30 @@ import logging
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 import torch
 
 from .. import __version__
+from ..artifact import DEFAULT_GRAPH, GraphSpec, Manifest, PluginRecord, atomic_directory, file_entries, write_manifest
+from ..artifact.dtypes import PRECISIONS
+from ..artifact.manifest import FORMS
 from ..errors import ExportError, TrtformerError
-from ..models import LoadedModel, load_model
-from ..runtime.artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, file_entries, write_json_atomic
+from ..families import Family, LoadedModel, family, load_model
 from . import translations
-from .precision import PRECISIONS, apply_precision, fp32_heads
+from .precision import apply_precision, fp32_heads
 from .quantize import QUANTIZATIONS, quantize_graph
-from .specs import IOSpec, example_inputs, flatten, spec_for
+from .trace import Flattened, dynamic_shapes, example_args, fix_graph_signature
 
 log = logging.getLogger(__name__)
 
-FORMS = ("portable", "plugin")
 DEFAULT_OPSET = 20
 # onnx 1.23 writes IR 14; the onnxruntime releases in use read up to IR 10 for opset <= 21.
 IR_VERSION = 10
-# Families whose graphs contain fused ops (and so differ between the portable and plugin forms); their ops'
-# ONNX is in translations.py.
-FUSED_OP_FAMILIES: set[str] = {"transfo_xl", "longformer"}
 # Above this the graph is saved with external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1 << 30
-
-
-def export_sizes(spec: IOSpec) -> dict[str, int]:
-    """Example sizes for tracing: every dynamic dim >= 2 and distinct, so torch.export keeps it symbolic."""
-    sizes, value = {}, 2
-    for name in spec.dims:
-        sizes[name] = value
-        value += 1
-    return sizes
-
-
-def dynamic_shapes(spec: IOSpec) -> list[dict]:
-    dims = {name: torch.export.Dim(name.replace(" ", "_")) for name in spec.dims}
-    out = []
-    for t in spec.inputs:
-        axes = {}
-        for axis, d in enumerate(t.shape):
-            if isinstance(d, str):
-                # A sum such as "past + seq" is left for torch.export to derive.
-                axes[axis] = dims[d] if d in dims else torch.export.Dim.DYNAMIC
-        out.append(axes)
-    return out
-
-
-def fix_graph_signature(model: onnx.ModelProto, spec: IOSpec) -> None:
-    """Write the spec's names, dtypes' symbolic dims onto the graph inputs and outputs."""
-    for values, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
-        by_name = {v.name: v for v in values}
-        for t in tensors:
-            if t.name not in by_name:
-                raise ExportError(f"the exported graph lacks {t.name!r}; it has {sorted(by_name)}")
-            dims = by_name[t.name].type.tensor_type.shape.dim
-            if len(dims) != len(t.shape):
-                raise ExportError(f"{t.name} has rank {len(dims)} in the graph, the spec says {len(t.shape)}")
-            for dim, want in zip(dims, t.shape, strict=True):
-                if isinstance(want, str):
-                    dim.dim_param = want
-                elif dim.HasField("dim_value") and dim.dim_value != want:
-                    raise ExportError(f"{t.name} has a fixed dim {dim.dim_value} where the spec says {want}")
-                else:
-                    dim.dim_value = want
 
 
 def summarize(exc: BaseException) -> str:
@@ -86,20 +48,21 @@ def summarize(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: int, form: str = "portable") -> tuple[onnx.ModelProto, list[dict]]:
+def to_onnx(
+    loaded: LoadedModel, fam: Family, model: torch.nn.Module, graph: GraphSpec, opset: int, form: str = "portable"
+) -> tuple[onnx.ModelProto, tuple[PluginRecord, ...]]:
     """The model's ONNX, and the manifest's records of the plugin-form custom ops in it."""
-    wrapper = flatten(loaded.family, model, spec).eval()
-    example = example_inputs(spec, export_sizes(spec))
-    args = tuple(example[n] for n in spec.input_names)
-    dims = (tuple(dynamic_shapes(spec)),)  # forward(*tensors)
+    wrapper = Flattened(model, graph, fam.to_kwargs).eval()
+    args = example_args(graph)
+    dims = (tuple(dynamic_shapes(graph)),)  # forward(*tensors)
     captured = io.StringIO()
     t0 = time.perf_counter()
-    plugins: list[dict] = []
+    plugins: list[PluginRecord] = []
     try:
         # torch.onnx prints progress to stdout; the library logs instead.
         with torch.no_grad(), contextlib.redirect_stdout(captured):
             target, table, calls = wrapper, None, {}
-            if loaded.family in FUSED_OP_FAMILIES:
+            if fam.has_plugin_form:
                 # Fused ops stay single nodes in the traced program until the form decides their ONNX.
                 target = torch.export.export(wrapper, args, dynamic_shapes=dims, strict=False)
                 if form == "portable":
@@ -110,8 +73,8 @@ def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: in
             program = torch.onnx.export(
                 target,
                 args,
-                input_names=spec.input_names,
-                output_names=spec.output_names,
+                input_names=graph.input_names,
+                output_names=graph.output_names,
                 dynamic_shapes=dims,
                 opset_version=opset,
                 dynamo=True,
@@ -130,8 +93,8 @@ def to_onnx(loaded: LoadedModel, model: torch.nn.Module, spec: IOSpec, opset: in
             log.debug("torch.onnx: %s", line)
     log.info("traced and converted in %.1f s", time.perf_counter() - t0)
     proto.ir_version = IR_VERSION
-    fix_graph_signature(proto, spec)
-    return proto, plugins
+    fix_graph_signature(proto, graph)
+    return proto, tuple(plugins)
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path) -> list[str]:
@@ -178,8 +141,8 @@ def export(
 
     optimize=True adds ONNX Runtime's transformer fusions as model.opt.onnx, which ONNX Runtime backends
     then load by default; quantize="int8-dynamic" adds model.int8.onnx (from the fused graph when there is
-    one), which ONNX Runtime backends then prefer; reference=True stores the fp32 weights of the torch reference in the artifact so that parity can be
-    checked anywhere later; it doubles the artifact's size.
+    one), which ONNX Runtime backends then prefer; reference=True stores the fp32 weights of the torch reference in
+    the artifact so that parity can be checked anywhere later; it doubles the artifact's size.
     """
     if form not in FORMS:
         raise ExportError(f"unknown form {form!r}", hint=f"forms: {', '.join(FORMS)}")
@@ -193,15 +156,20 @@ def export(
         raise ExportError(f"opset {opset} is outside the supported range 17..23")
     out = Path(out)
     loaded = load_model(source)
-    if form == "plugin" and loaded.family not in FUSED_OP_FAMILIES:
+    fam = family(loaded.family)
+    if form == "plugin" and not fam.has_plugin_form:
         raise ExportError(
-            f"the {loaded.family} family has no fused ops, so it has no plugin form",
+            f"the {fam.name} family has no fused ops, so it has no plugin form",
             hint="use --form portable; TensorRT runs the portable graph natively",
         )
-    model = apply_precision(loaded.model, precision)
-    spec = spec_for(loaded.family, model)
-    log.info("exporting %s (%s, %s, %s, opset %d)", loaded.source, loaded.family, form, precision, opset)
-    proto, plugins = to_onnx(loaded, model, spec, opset, form)
+    if optimize and fam.ort_optimizer is None:
+        raise ExportError(f"ONNX Runtime's transformer optimizer has no fusions for the {fam.name} family",
+                          hint="export without --optimize; ONNX Runtime still optimises the graph when it loads it")  # fmt: skip
+    model = apply_precision(loaded.model, precision, fam.fp32_heads)
+    graph = fam.spec(model)
+    log.info("exporting %s (%s, %s, %s, opset %d)", loaded.source, fam.name, form, precision, opset)
+    proto, plugins = to_onnx(loaded, fam, model, graph, opset, form)
+    config = loaded.model.config.to_dict()
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
             written = save_onnx(proto, tmp / "model.onnx")
@@ -209,12 +177,13 @@ def export(
             if optimize:
                 from .optimize import optimize_graph
 
-                fused, fusions = optimize_graph(tmp / "model.onnx", loaded.family, loaded.model.config.to_dict(), IR_VERSION)
+                fused, fusions = optimize_graph(tmp / "model.onnx", fam.ort_optimizer, config, IR_VERSION)
                 models["optimized"] = "model.opt.onnx"
                 written += save_onnx(fused, tmp / "model.opt.onnx")
             quantization = None
             if quantize is not None:
-                int8, quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), IR_VERSION, fp32_heads(model))
+                heads = fp32_heads(model, fam.fp32_heads)
+                int8, quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), IR_VERSION, heads)
                 models["int8"] = "model.int8.onnx"
                 written += save_onnx(int8, tmp / "model.int8.onnx")
             if reference:
@@ -226,25 +195,22 @@ def export(
                     shutil.copy2(f, tmp / "tokenizer" / f.name)
                     written.append(f"tokenizer/{f.name}")
             (tmp / "engines").mkdir()
-            manifest = {
-                "schema_version": SCHEMA_VERSION,
-                "family": loaded.family,
-                "config": loaded.model.config.to_dict(),
-                "source": str(loaded.source),
-                "form": form,
-                "precision": precision,
-                "opset": opset,
-                **spec.to_dict(),
-                "plugins": plugins,
-                "models": models,
-                "fusions": fusions,
-                "quantization": quantization,
-                "reference": "reference.safetensors" if reference else None,
-                "files": file_entries(tmp, written),
-                "versions": versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            write_json_atomic(tmp / MANIFEST, manifest)
+            manifest = Manifest(
+                family=fam.name,
+                config=config,
+                form=form,
+                precision=precision,
+                opset=opset,
+                graphs={DEFAULT_GRAPH: replace(graph, models=models, fusions=fusions, quantization=quantization)},
+                files=file_entries(tmp, written),
+                plugins=plugins,
+                reference="reference.safetensors" if reference else None,
+                source=str(loaded.source),
+                versions=versions(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+            Manifest.from_dict(manifest.to_dict(), f"the manifest of {out}")  # every check a reader makes, before writing
+            write_manifest(tmp, manifest)
     except TrtformerError:
         raise
     except OSError as exc:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
+if TYPE_CHECKING:
+    from ..families import OrtOptimizer
+
 log = logging.getLogger(__name__)
 
-# family -> ORT optimizer model_type and the config keys holding heads, width and the MLP activation
-ORT_MODEL_TYPES = {
-    "gpt": ("gpt2", "n_head", "n_embd", "activation"),
-    "bert": ("bert", "num_attention_heads", "hidden_size", "hidden_act"),
-}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
@@ -57,22 +56,21 @@ def split_unsqueezes(proto: onnx.ModelProto) -> int:
     return count
 
 
-def optimize_graph(src: Path, family: str, config: dict, ir_version: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+def optimize_graph(src: Path, ort: OrtOptimizer, config: dict, ir_version: int) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The fused graph of `src` (weights in memory, for the caller to save) and how many of each fusion happened
-    (zeros left out)."""
+    (zeros left out); `ort` is the family's optimizer type and the config keys it reads."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    model_type, heads_key, width_key, act_key = ORT_MODEL_TYPES[family]
-    options = FusionOptions(model_type)
-    if config[act_key] in TANH_GELUS:
+    options = FusionOptions(ort.model_type)
+    if config[ort.activation_key] in TANH_GELUS:
         # The GELU fusions turn ONNX Gelu(approximate="tanh") into BiasGelu, which is the erf form: a different
         # function. Seen with onnxruntime 1.32 on GPT-2; off for tanh-GELU models until the fused op keeps it.
         options.enable_gelu = options.enable_bias_gelu = options.enable_gelu_approximation = False
     proto = onnx.load(src)
     split_unsqueezes(proto)
     fused = optimizer.optimize_model(
-        proto, model_type=model_type, num_heads=config[heads_key], hidden_size=config[width_key], opt_level=0,
+        proto, model_type=ort.model_type, num_heads=config[ort.heads_key], hidden_size=config[ort.width_key], opt_level=0,
         optimization_options=options,
     )
     stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}

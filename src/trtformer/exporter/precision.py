@@ -1,8 +1,8 @@
 """Precision of an exported graph, expressed in the model itself (strongly typed TensorRT needs that).
 
 fp16/bf16 cast the matmul weights; LayerNorms (LayerNorm32 computes in fp32 anyway), embeddings (a gather
-is cheap, and a tied LM head then projects in fp32) and heads (GPT's and Transformer-XL's by name, Linear32
-everywhere) keep fp32 parameters.
+is cheap, and a tied LM head then projects in fp32) and heads (Linear32 everywhere, plus the modules a family's
+registry entry names, such as Transformer-XL's softmax) keep fp32 parameters.
 """
 
 from __future__ import annotations
@@ -12,24 +12,28 @@ import copy
 import torch
 from torch import nn
 
+from ..artifact.dtypes import PRECISIONS
 from ..models.layers import Linear32
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_HEADS = ("crit",)  # Transformer-XL's (adaptive) softmax; projection heads are Linear32
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The dtype of a precision's low-precision tensors (the manifest's dtype names are torch's)."""
+    return getattr(torch, PRECISIONS[precision])
 
 
-def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """A copy of `model` at `precision` (the original stays fp32 as the parity reference)."""
-    dtype = PRECISIONS[precision]
+def apply_precision(model: nn.Module, precision: str, heads: tuple[str, ...] = ()) -> nn.Module:
+    """A copy of `model` at `precision`, Linear32 modules and the modules named in `heads` kept fp32 (the original
+    stays fp32 as the parity reference)."""
+    dtype = torch_dtype(precision)
     if dtype == torch.float32:
         return model
     low = copy.deepcopy(model).to(dtype)
     for name, module in low.named_modules():
-        if isinstance(module, (nn.LayerNorm, nn.Embedding, Linear32)) or name in FP32_HEADS:
+        if isinstance(module, (nn.LayerNorm, nn.Embedding, Linear32)) or name in heads:
             module.float()
     return low
 
 
-def fp32_heads(model: nn.Module) -> list[str]:
+def fp32_heads(model: nn.Module, heads: tuple[str, ...] = ()) -> list[str]:
     """Names of the head projections that the precision contract keeps fp32 (int8 quantisation included)."""
-    return [name for name, m in model.named_modules() if isinstance(m, Linear32) or name in FP32_HEADS]
+    return [name for name, m in model.named_modules() if isinstance(m, Linear32) or name in heads]

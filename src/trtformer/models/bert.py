@@ -8,7 +8,7 @@ The variants are configuration, not copies. What each one changes:
 - ELECTRA: an embedding projection when `embedding_size` differs from `hidden_size`, no pooler, the
   replaced-token discriminator head, and a GELU sequence classifier.
 
-Parameter names follow BERT's checkpoints with the `bert.` prefix dropped; checkpoints.py maps the other
+Parameter names follow BERT's checkpoints with the `bert.` prefix dropped; families/bert.py maps the other
 variants' names onto them. Every head returns transformers' output names (`last_hidden_state`, `logits`,
 `start_logits`, ...). Heads compute in fp32 whatever the compute dtype (the logits contract in DESIGN.md).
 """

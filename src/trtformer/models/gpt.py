@@ -2,7 +2,7 @@
 
 One module serves both; `variant` picks the block layout (GPT-1 post-LayerNorm without a final norm, GPT-2
 pre-LayerNorm with `ln_f`). Parameter names follow the GPT-2 checkpoints (`wte`, `h.{i}.attn.c_attn`, ...);
-checkpoints.py maps GPT-1's `tokens_embed`/`positions_embed` and the Conv1D transposes onto them.
+families/gpt.py maps GPT-1's `tokens_embed`/`positions_embed` and the Conv1D transposes onto them.
 
 forward() takes the cache as a list of (key, value) pairs and returns every present state, so the same
 graph serves prefill (past length 0) and decode; nothing is cached inside the module.

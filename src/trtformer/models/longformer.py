@@ -7,7 +7,7 @@ bert.py's, configured as RoBERTa (positions count real tokens from pad_token_id 
 
 Parameter names follow transformers' `Longformer*` checkpoints (`longformer.embeddings.*`,
 `longformer.encoder.layer.{i}.attention.self.{query,key,value,query_global,key_global,value_global}`,
-`classifier.dense`/`out_proj`, `qa_outputs`); checkpoints.py renames the few the bert.py blocks name otherwise
+`classifier.dense`/`out_proj`, `qa_outputs`); families/longformer.py renames the few the bert.py blocks name otherwise
 (`lm_head.layer_norm`, `lm_head.bias`) and adds `longformer.` to a bare model's keys.
 
 Dilation (per layer and head, `attention_dilation`) is an extension: transformers has none, and a checkpoint
