@@ -133,7 +133,7 @@ def missing(backend: Backend) -> str | None:
 
 
 def tensorrt_missing() -> str | None:
-    from trtformer.engines import flavors
+    from trtformer.trt import flavors
 
     try:
         kit = flavors.load("auto")

@@ -110,7 +110,8 @@ class Manifest:
         graphs = {name: GraphSpec.from_dict(name, g, f"{where}: graphs.{name}") for name, g in r.dict("graphs").items()}
         if not graphs:
             raise ArtifactError(f"{where} lists no graphs")
-        files = {n: FileEntry.from_dict(e, f"{where}: files[{n!r}]") for n, e in r.dict("files").items()}
+        # Keys before values (a comprehension evaluates the key first): a path that escapes is named as such.
+        files = {inside(n, where): FileEntry.from_dict(e, f"{where}: files[{n!r}]") for n, e in r.dict("files").items()}
         form, precision = r.str("form"), r.str("precision")
         if form not in FORMS or precision not in PRECISIONS:
             raise ArtifactError(f"{where} has form {form!r} and precision {precision!r}; forms are {', '.join(FORMS)}, "
@@ -120,7 +121,8 @@ class Manifest:
             graphs=graphs, files=files,
             links=tuple(Link.from_dict(k, f"{where}: links[{i}]") for i, k in enumerate(r.list("links", []))),
             plugins=tuple(PluginRecord.from_dict(p, f"{where}: plugins[{i}]") for i, p in enumerate(r.list("plugins", []) or [])),
-            engines={n: EngineRecord.from_dict(e, f"{where}: engines[{n!r}]") for n, e in (r.dict("engines", {}) or {}).items()},
+            engines={inside(n, where): EngineRecord.from_dict(e, f"{where}: engines[{n!r}]")
+                     for n, e in (r.dict("engines", {}) or {}).items()},
             reference=r.get("reference", lambda v: v is None or isinstance(v, str), "a file name or null", None),
             source=str(r.data.get("source", "")), versions=dict(r.dict("versions", {}) or {}), created=str(r.data.get("created", "")),
             extra={k: v for k, v in r.data.items() if k not in _KNOWN}, read_schema=version,
