@@ -76,13 +76,14 @@ def test_onnxruntime_matches_transformers_and_parity_passes(exported, variant, h
 
 def test_manifest_uses_transformers_names(exported):
     _, art = exported("bert", "ForQuestionAnswering")
-    m = manifest(art)
+    m = manifest(art)["graphs"]["model"]
     assert [t["name"] for t in m["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [t["role"] for t in m["inputs"]] == ["ids", "padding-mask", "token-types"]
     assert [t["name"] for t in m["outputs"]] == ["start_logits", "end_logits"]
     assert m["padding_side"] == "right" and m["state"] == [] and m["limits"] == {"seq": 64}
     _, roberta = exported("roberta", "ForSequenceClassification")
-    assert "token_type_ids" not in [t["name"] for t in manifest(roberta)["inputs"]]  # one segment type
-    assert manifest(roberta)["limits"] == {"seq": 62}  # positions start after the padding index
+    assert "token_type_ids" not in [t["name"] for t in manifest(roberta)["graphs"]["model"]["inputs"]]  # one segment type
+    assert manifest(roberta)["graphs"]["model"]["limits"] == {"seq": 62}  # positions start after the padding index
 
 
 def test_runs_at_lengths_and_batches_it_was_not_traced_at(exported):
@@ -96,7 +97,7 @@ def test_runs_at_lengths_and_batches_it_was_not_traced_at(exported):
 
 def test_optimize_fuses_attention_layernorm_gelu_and_keeps_parity(exported):
     _, art = exported("bert", "ForSequenceClassification", optimize=True)
-    fusions = manifest(art)["fusions"]
+    fusions = manifest(art)["graphs"]["model"]["fusions"]
     assert fusions["Attention"] == 2 and fusions["EmbedLayerNormalization"] == 1
     assert fusions["SkipLayerNormalization"] >= 3 and fusions["BiasGelu"] == 2
     ops = {n.op_type for n in onnx.load(art / "model.opt.onnx").graph.node}
@@ -109,13 +110,13 @@ def test_optimize_fuses_attention_layernorm_gelu_and_keeps_parity(exported):
 
 def test_tanh_gelu_models_keep_their_gelu_unfused(exported):
     _, art = exported("albert", "ForTokenClassification", optimize=True)  # hidden_act gelu_new
-    assert "BiasGelu" not in manifest(art)["fusions"]
+    assert "BiasGelu" not in manifest(art)["graphs"]["model"]["fusions"]
     assert check_parity(art).passed
 
 
 def test_int8_is_judged_by_agreement(trained_int8):
     _, art = trained_int8
-    m = manifest(art)
+    m = manifest(art)["graphs"]["model"]
     assert m["models"]["int8"] == "model.int8.onnx" and m["quantization"]["source"] == "model.opt.onnx"
     assert m["quantization"]["ops"]["MatMulInteger"] > 0 and m["quantization"]["ops"]["QAttention"] == 2
     assert {"mlm.decoder", "nsp"} <= set(m["quantization"]["fp32_heads"])  # logits projections stay fp32
@@ -147,7 +148,7 @@ def test_int8_agrees_on_the_task_it_was_trained_for(trained_int8):
 
 def test_fp16_export_keeps_heads_fp32_and_passes_parity(exported):
     _, art = exported("bert", "ForMaskedLM", precision="fp16")
-    outs = {t["name"]: t["dtype"] for t in manifest(art)["outputs"]}
+    outs = {t["name"]: t["dtype"] for t in manifest(art)["graphs"]["model"]["outputs"]}
     assert outs == {"logits": "float32"}
     report = check_parity(art)
     assert report.passed, report.table()

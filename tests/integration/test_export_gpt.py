@@ -10,23 +10,28 @@ import transformers as T
 from support import manifest
 
 import trtformer
+from trtformer.artifact import Artifact
 from trtformer.errors import ArtifactError, ExportError
+from trtformer.families import load_model
 from trtformer.parity import check_parity
 
 
 def test_manifest_describes_io_state_and_files(gpt2_artifact):
     m = manifest(gpt2_artifact)
+    g = m["graphs"]["model"]
+    assert m["schema_version"] == 2 and list(m["graphs"]) == ["model"]
     assert m["family"] == "gpt" and m["form"] == "portable" and m["precision"] == "fp32"
-    ins = {t["name"]: t for t in m["inputs"]}
+    ins = {t["name"]: t for t in g["inputs"]}
     assert ins["input_ids"]["shape"] == ["batch", "seq"]
     assert ins["attention_mask"]["shape"] == ["batch", "past + seq"]
     assert ins["past.1.value"]["shape"] == ["batch", 4, "past", 16]
-    outs = {t["name"]: t for t in m["outputs"]}
+    assert [ins[n]["role"] for n in ("input_ids", "attention_mask", "past.0.key")] == ["ids", "padding-mask", "state"]
+    outs = {t["name"]: t for t in g["outputs"]}
     assert outs["present.0.key"]["shape"] == ["batch", 4, "past + seq", 16]
     assert outs["logits"]["dtype"] == "float32"
-    assert {(s["input"], s["output"]) for s in m["state"]} == {(f"past.{i}.{p}", f"present.{i}.{p}") for i in range(2) for p in ("key", "value")}
+    assert {(s["input"], s["output"]) for s in g["state"]} == {(f"past.{i}.{p}", f"present.{i}.{p}") for i in range(2) for p in ("key", "value")}
     assert set(m["files"]) >= {"model.onnx", "reference.safetensors", "tokenizer/tokenizer.json"}
-    assert m["limits"] == {"past + seq": 64}
+    assert g["limits"] == {"past + seq": 64} and g["models"] == {"plain": "model.onnx"}
     assert {"torch", "onnx", "trtformer"} <= set(m["versions"])
 
 
@@ -80,7 +85,7 @@ def test_fp16_keeps_layernorm_softmax_and_logits_in_fp32(gpt2_fp16_artifact):
 def test_artifact_size_is_dominated_by_weights(gpt2_artifact):
     """The graph carries the weights once; the reference copy is the only duplicate."""
     m = manifest(gpt2_artifact)
-    n_params = sum(v.numel() for v in trtformer.models.load_model(m["source"]).model.state_dict().values())
+    n_params = sum(v.numel() for v in load_model(m["source"]).model.state_dict().values())
     assert m["files"]["model.onnx"]["bytes"] < 4 * n_params * 1.3
 
 
@@ -113,14 +118,14 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_existing_artifact_is_not_overwritten_by_default(tmp_path, gpt2_artifact):
     with pytest.raises(ArtifactError, match="already exists"):
         trtformer.export("tiny-gpt2", gpt2_artifact)
-    trtformer.runtime.artifact.Artifact.load(gpt2_artifact)  # still intact
+    Artifact.load(gpt2_artifact)  # still intact
 
 
 def test_optimized_graph_fuses_layernorms_and_keeps_parity(tmp_path):
     art = trtformer.export("tiny-gpt2", tmp_path / "opt", optimize=True)
-    m = manifest(art)
-    assert m["models"] == {"plain": "model.onnx", "optimized": "model.opt.onnx"}
-    assert m["fusions"].get("SkipLayerNormalization", 0) >= 3
+    g = manifest(art)["graphs"]["model"]
+    assert g["models"] == {"plain": "model.onnx", "optimized": "model.opt.onnx"}
+    assert g["fusions"].get("SkipLayerNormalization", 0) >= 3
     ops = {n.op_type for n in onnx.load(art / "model.opt.onnx").graph.node}
     assert "SkipLayerNormalization" in ops and "BiasGelu" not in ops
     report = check_parity(art, backend="ort-cpu")

@@ -18,7 +18,7 @@ from support import manifest
 import trtformer
 from trtformer.cli import main
 from trtformer.errors import InputError
-from trtformer.models import PRESETS
+from trtformer.families import PRESETS
 from trtformer.parity import check_parity
 from trtformer.runtime.encode import encode, global_mask_rows
 
@@ -113,12 +113,13 @@ def max_error(got: dict, want: dict, mask: np.ndarray) -> float:
 
 @pytest.mark.parametrize("form", FORMS)
 def test_manifest_names_inputs_outputs_and_limits(art, form):
-    m = manifest(art(form))
-    assert m["family"] == "longformer" and m["form"] == form and m["padding_side"] == "right"
-    assert [(t["name"], t["dtype"], t["shape"], t["value_range"]) for t in m["inputs"]] == [
-        ("input_ids", "int64", ["batch", "seq"], [0, 511]),
-        ("attention_mask", "int64", ["batch", "seq"], [0, 1]),
-        ("global_attention_mask", "int64", ["batch", "seq"], [0, 1]),
+    top = manifest(art(form))
+    m = top["graphs"]["model"]
+    assert top["family"] == "longformer" and top["form"] == form and m["padding_side"] == "right"
+    assert [(t["name"], t["dtype"], t["shape"], t["value_range"], t["role"]) for t in m["inputs"]] == [
+        ("input_ids", "int64", ["batch", "seq"], [0, 511], "ids"),
+        ("attention_mask", "int64", ["batch", "seq"], [0, 1], "padding-mask"),
+        ("global_attention_mask", "int64", ["batch", "seq"], [0, 1], "global-mask"),
     ]  # type_vocab_size 1: no token_type_ids, as RoBERTa
     assert [(t["name"], t["dtype"], t["shape"]) for t in m["outputs"]] == [("logits", "float32", ["batch", "seq", 512])]
     assert m["limits"] == {"seq": 4096} and m["dims"]["seq"]["max"] == 4096  # 4098 positions less RoBERTa's offset
@@ -303,10 +304,10 @@ def test_tensorrt_rtx_builds_both_forms_up_to_4096_tokens(art, tmp_path, form):
 
     copy = Path(shutil.copytree(art(form), tmp_path / form))
     result = build_engine(copy, flavor="tensorrt-rtx", compute_capability=["8.6"])
-    profile = result.record["profiles"][0]
+    profile = result.record.profiles[0]
     assert profile["dims"]["seq"]["max"] == 4096 == PRESETS[PRESET][1].max_position_embeddings - 2
     assert profile["inputs"]["global_attention_mask"]["max"] == [16, 4096]
-    assert result.path.is_file() and result.record["onnx_sha256"] == manifest(copy)["files"]["model.onnx"]["sha256"]
+    assert result.path.is_file() and result.record.onnx_sha256 == manifest(copy)["files"]["model.onnx"]["sha256"]
 
 
 def test_tensorrt_rtx_inlines_each_layers_body_and_reads_g_from_the_data(art):

@@ -15,8 +15,8 @@ from support import manifest
 
 import trtformer
 from trtformer.cli import main
-from trtformer.errors import InputError
-from trtformer.models import PRESETS, preset
+from trtformer.errors import ExportError, InputError
+from trtformer.families import PRESETS, preset
 from trtformer.parity import check_parity
 from trtformer.runtime.stream import Stream, log_likelihood
 
@@ -49,11 +49,13 @@ def config(name: str):
 
 @pytest.mark.parametrize(("name", "form"), CASES, ids=IDS)
 def test_manifest_pairs_the_memory_and_bounds_it(txl, name, form):
-    cfg, m = config(name), manifest(txl(name, form))
+    cfg, top = config(name), manifest(txl(name, form))
+    m = top["graphs"]["model"]
     head = "log_probs" if cfg.cutoffs else "logits"
-    assert m["family"] == "transfo_xl" and m["form"] == form
+    assert top["family"] == "transfo_xl" and top["form"] == form
     assert m["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seg"], "value_range": [0, 511],
-                              "description": "token ids of this segment"}  # fmt: skip
+                              "description": "token ids of this segment", "role": "ids"}  # fmt: skip
+    assert {t["role"] for t in m["inputs"][1:]} == {"state"}
     assert [t["name"] for t in m["inputs"][1:]] == ["mems.0", "mems.1"]
     assert all(t["shape"] == ["mem", "batch", 64] for t in m["inputs"][1:])
     assert [(t["name"], t["shape"]) for t in m["outputs"]] == [
@@ -91,7 +93,6 @@ def test_plugin_form_has_one_node_per_layer_and_the_local_function(txl, name):
 
 def test_plugin_form_refuses_layers_with_different_attributes():
     """One traced body per op: TensorRT-RTX would inline the first layer's body everywhere, so export stops."""
-    from trtformer.errors import ExportError
     from trtformer.exporter import translations
     from trtformer.ops.rel_position import rel_position_attention
 
@@ -109,6 +110,12 @@ def test_plugin_form_refuses_layers_with_different_attributes():
     with pytest.raises(ExportError, match=r"called with 2 different settings \(clamp_len\); .*by name alone") as info:
         translations.plugin_calls(program)
     assert "--form portable" in info.value.hint
+
+
+def test_optimize_is_refused_where_onnx_runtime_has_no_fusions(tmp_path):
+    with pytest.raises(ExportError, match="no fusions for the transfo_xl family"):
+        trtformer.export(ADAPTIVE, tmp_path / "x", optimize=True)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name", [ADAPTIVE, SOFTMAX])
@@ -139,7 +146,7 @@ def test_onnx_runtime_matches_the_reference_over_ten_segments(txl, name, form):
 def test_fp16_plugin_form_runs_in_onnx_runtime(txl):
     """fp16 memory and layers, fp32 adaptive softmax; ONNX Runtime used to crash on an fp16 -> fp32 head."""
     art = txl(ADAPTIVE, "plugin", "fp16")
-    m = manifest(art)
+    m = manifest(art)["graphs"]["model"]
     assert m["inputs"][1]["dtype"] == "float16" and m["outputs"][0]["dtype"] == "float32"
     report = check_parity(art, backend="ort-cpu", segments=8, write=False)
     assert report.passed, report.table()
@@ -279,7 +286,7 @@ def test_tensorrt_rtx_builds_both_forms_with_memory_from_zero(txl, tmp_path, for
 
     art = Path(shutil.copytree(txl(SOFTMAX, form), tmp_path / form))
     result = build_engine(art, flavor="tensorrt-rtx", compute_capability=["8.6"])
-    profile = result.record["profiles"][0]
+    profile = result.record.profiles[0]
     assert profile["dims"]["mem"] == {"min": 0, "opt": 12, "max": 12}
     assert profile["inputs"]["mems.1"] == {"min": [0, 1, 64], "opt": [12, 1, 64], "max": [12, 16, 64]}
-    assert result.path.is_file() and result.record["onnx_sha256"] == manifest(art)["files"]["model.onnx"]["sha256"]
+    assert result.path.is_file() and result.record.onnx_sha256 == manifest(art)["files"]["model.onnx"]["sha256"]

@@ -31,7 +31,7 @@ def files_on_disk(art: Path) -> set[str]:
 def test_every_bert_graph_keeps_its_weights_beside_it_and_runs_as_without(tmp_path, monkeypatch):
     art = trtformer.export("tiny-bert", tmp_path / "bert", optimize=True, quantize="int8-dynamic")
     m = manifest(art)
-    for graph in m["models"].values():
+    for graph in m["graphs"]["model"]["models"].values():
         assert f"{graph}.data" in m["files"], graph
         proto = onnx.load(art / graph, load_external_data=False)
         assert sum(uses_external_data(t) for t in proto.graph.initializer) > 0
@@ -59,7 +59,7 @@ def test_tensorrt_rtx_builds_from_the_graph_and_its_data(tmp_path):
     art = trtformer.export("tiny-gpt2", tmp_path / "gpt2")
     assert {"model.onnx", "model.onnx.data"} <= set(manifest(art)["files"])
     build = build_engine(art, flavor="tensorrt-rtx", compute_capability=["8.6"])
-    assert build.record["onnx_sha256"] != manifest(art)["files"]["model.onnx"]["sha256"]  # the data counts too
+    assert build.record.onnx_sha256 != manifest(art)["files"]["model.onnx"]["sha256"]  # the data counts too
     assert read_engine(art, flavor="tensorrt-rtx").name == build.name
     data = art / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 1]))

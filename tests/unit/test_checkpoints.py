@@ -9,7 +9,7 @@ import torch
 import transformers as T
 
 from trtformer.errors import CheckpointError
-from trtformer.models import load_checkpoint, load_model
+from trtformer.families import load_checkpoint, load_model
 
 SMALL = dict(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 

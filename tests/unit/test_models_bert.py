@@ -9,7 +9,7 @@ import torch
 from bert_checkpoints import architectures, hf_model, save_hf
 
 from trtformer.errors import CheckpointError
-from trtformer.models import load_model
+from trtformer.families import load_model
 from trtformer.models.bert import Bert, BertConfig
 
 

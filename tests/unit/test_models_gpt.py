@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers as T
 
-from trtformer.models import load_checkpoint, preset
+from trtformer.families import load_checkpoint, preset
 
 SMALL = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, pad_token_id=0)
 

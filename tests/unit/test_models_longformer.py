@@ -11,7 +11,7 @@ import transformers as T
 from torch.export import Dim
 
 from trtformer.errors import CheckpointError
-from trtformer.models import build_model, load_model, preset
+from trtformer.families import build_model, load_model, preset
 
 # Windows 4 and 8: transformers pads every input to a multiple of the largest window (8 here), which must then be a
 # multiple of every layer's window: with 4 and 6 it pads 13 tokens to 18 and fails. trtformer takes any length.

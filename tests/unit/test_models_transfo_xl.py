@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from test_rel_position_op import layer_norm64, loop_attention
 
 from trtformer.errors import CheckpointError, InputError
-from trtformer.models import build_model, load_model, preset
+from trtformer.families import build_model, load_model, preset
 from trtformer.models.transfo_xl import TransfoXL, TransfoXLConfig, tied_weights
 
 SMALL = dict(vocab_size=60, d_model=8, n_head=2, d_head=4, d_inner=16, n_layer=2, mem_len=5, init_std=0.3)
