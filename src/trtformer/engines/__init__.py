@@ -20,14 +20,11 @@ _EXPORTS = {
     "DEFAULT_MAX": ".profiles", "DimRange": ".profiles", "Profile": ".profiles",
     "FLAVORS": "..trt.flavors", "FLAVOR_CHOICES": "..trt.flavors",
 }  # fmt: skip
-_MODULES = {"flavors": "..trt.flavors"}  # trtformer.engines.flavors, where it lived before trtformer.trt
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _MODULES:
-        return importlib.import_module(_MODULES[name], __name__)
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

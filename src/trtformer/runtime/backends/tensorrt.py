@@ -1,9 +1,10 @@
 """The tensorrt backend: an engine of one artifact graph (full TensorRT or TensorRT-RTX) run on a CUDA GPU.
 
 The engine is the one `trtformer build` stored in the artifact for the graph, checked against the artifact, the
-installed flavor and this GPU's compute capability before it is deserialized. Device buffers are torch CUDA tensors and every call runs on
-the backend's own torch CUDA stream (set_input_shape, set_tensor_address, execute_async_v3). Fetched outputs come
-back as numpy; state outputs stay on the device and are bound as the next step's inputs, never through the host.
+installed flavor and this GPU's compute capability before it is deserialized. Device buffers are torch CUDA tensors
+and every call runs on the backend's own torch CUDA stream (set_input_shape, set_tensor_address, execute_async_v3).
+Fetched outputs come back as numpy; state outputs stay on the device and are bound as the next step's inputs, never
+through the host.
 
 Without CUDA graphs each step writes its state into new tensors (torch's caching allocator recycles them), so an old
 State stays valid. With `cuda_graphs=True`, steps write state into two fixed ping-pong slots, and a step whose shapes
