@@ -283,8 +283,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .trt.flavors import FLAVOR_CHOICES
     from .runtime.backends import names as backend_names
+    from .trt.flavors import FLAVOR_CHOICES
 
     backends = backend_names()
 

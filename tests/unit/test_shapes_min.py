@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trtformer.engines.profiles import DimRange, resolve
+from trtformer.artifact import GraphSpec, shapes
+from trtformer.engines import profiles
+from trtformer.engines.profiles import DimRange
 from trtformer.errors import ArtifactError, InputError
-from trtformer.artifact import shapes
 
 NEW_MEM = "min(16, mem + seg)"
 
@@ -54,12 +55,18 @@ def test_bind_leaves_min_for_check():
 
 def memory_manifest(new_mem_input: bool = False) -> dict:
     """Transformer-XL's inputs; optionally an input of the min() shape, so that the profile has to derive it."""
-    inputs = [{"name": "input_ids", "shape": ["batch", "seg"]}, {"name": "mems.0", "shape": ["mem", "batch", 64]}]
+    inputs = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seg"], "role": "ids"},
+              {"name": "mems.0", "dtype": "float32", "shape": ["mem", "batch", 64], "role": "state"}]
     if new_mem_input:
-        inputs.append({"name": "window", "shape": [NEW_MEM, "batch"]})
+        inputs.append({"name": "window", "dtype": "int64", "shape": [NEW_MEM, "batch"], "role": "padding-mask"})
     dims = {"batch": {"min": 1, "max": None, "opt": 1}, "seg": {"min": 1, "max": 64, "opt": 8},
             "mem": {"min": 0, "max": 16, "opt": 16}}  # fmt: skip
-    return {"inputs": inputs, "dims": dims, "limits": {}}
+    return {"inputs": inputs, "outputs": [], "models": {"plain": "model.onnx"}, "dims": dims, "limits": {}}
+
+
+def resolve(graph: dict, overrides=None):
+    """profiles.resolve on a graph written as manifest JSON, read as the runtime reads it."""
+    return profiles.resolve(GraphSpec.from_dict("model", graph, "test"), overrides)
 
 
 def test_profiles_start_the_memory_at_zero_and_derive_min_from_the_corners():

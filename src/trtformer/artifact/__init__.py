@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from .manifest import DEFAULT_GRAPH, MANIFEST, SCHEMA_VERSION, Manifest
 from .records import DimSpec, EngineRecord, FileEntry, GraphSpec, Link, PluginRecord, StatePair, TensorSpec
-from .store import Artifact, atomic_directory, file_entries, read_manifest, sha256_file, write_json_atomic, write_manifest
+from .store import (
+    Artifact,
+    atomic_directory,
+    file_entries,
+    read_manifest,
+    sha256_file,
+    write_json_atomic,
+    write_manifest,
+)
 
 __all__ = [
     "DEFAULT_GRAPH", "MANIFEST", "SCHEMA_VERSION", "Artifact", "DimSpec", "EngineRecord", "FileEntry", "GraphSpec",

@@ -45,16 +45,16 @@ def example_feeds(
     """Arrays for the inputs `names` (all by default) at `sizes`; `given` arrays are taken as they are."""
     feeds = dict(given or {})
     wanted = list(names) if names is not None else graph.input_names
-    # Masks first: global tokens and choice indices are placed among the real positions they mark.
-    order = sorted(wanted, key=lambda n: graph.input(n).role != "padding-mask")
-    for name in order:
+    # In input order, so that a graph's cases draw the same numbers from `rng` whoever asks for them; the padding
+    # mask comes before the global tokens and choice indices placed among its real positions in every graph so far.
+    for name in wanted:
         if name in feeds:
             continue
         spec = graph.input(name)
         shape = shapes.resolve_shape(spec.shape, sizes)
         mask = next((feeds[t.name] for t in graph.with_role("padding-mask") if t.name in feeds), None)
         feeds[name] = _example(spec, shape, rng, graph.padding_side, pad, mask).astype(dtype(spec.dtype).host, copy=False)
-    return {n: feeds[n] for n in wanted if n in feeds} | {n: a for n, a in feeds.items() if n not in wanted}
+    return feeds
 
 
 def _example(spec, shape: tuple[int, ...], rng: np.random.Generator, side: str, pad: bool, mask) -> np.ndarray:

@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,6 @@ from pathlib import Path
 from ..errors import ArtifactError
 from .manifest import MANIFEST, Manifest, inside
 from .records import FileEntry, GraphSpec
-
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -35,19 +34,85 @@ def file_entries(root: Path, names: list[str]) -> dict[str, FileEntry]:
     return {n: FileEntry(sha256_file(root / n), (root / n).stat().st_size) for n in sorted(names)}
 
 
+def is_artifact(path: Path) -> bool:
+    """True when `path` is a directory with a trtformer manifest (any schema, even one this version cannot read)."""
+    try:
+        data = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "family" in data
+
+
+def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
+    """`dest` if an artifact may be written there: a new path, or with `overwrite` an existing trtformer artifact.
+    Anything else (a file, a directory of other things, the working directory or one above it) is refused, so an
+    overwrite never deletes what trtformer did not write. Called before any work, and again before the rename."""
+    if not isinstance(dest, str | os.PathLike) or not str(dest):
+        raise ArtifactError(f"an artifact's destination is a directory path, got {dest!r}")
+    dest = Path(dest)
+    here = Path.cwd().resolve()
+    if dest.resolve() in (here, *here.parents):
+        raise ArtifactError(f"{dest} is the working directory or above it; an artifact needs a directory of its own",
+                            hint="pass a new directory, e.g. -o artifacts/NAME")
+    if not (dest.exists() or dest.is_symlink()):
+        return dest
+    if not overwrite:
+        raise ArtifactError(f"{dest} already exists", hint="pass --overwrite (overwrite=True) to replace it")
+    if dest.is_symlink() or not dest.is_dir():
+        raise ArtifactError(f"{dest} is not a directory; --overwrite replaces trtformer artifacts only",
+                            hint="choose another destination")
+    if not is_artifact(dest):
+        raise ArtifactError(f"{dest} is not a trtformer artifact (it has no manifest.json of ours); --overwrite replaces "
+                            "artifacts only, never other directories", hint="choose another destination, or empty it yourself")  # fmt: skip
+    return dest
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or not a pid we can ask about: leave its files alone
+    return True
+
+
+def leftover_name(name: str, kind: str) -> str:
+    """The name of a temporary sibling of `name` ("tmp" or "old"), tagged with this process, so that a later
+    writer can tell what a dead process left behind (remove_leftovers)."""
+    return f".{name}.{kind}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def remove_leftovers(directory: Path, name: str) -> list[Path]:
+    """Remove the temporary siblings of `name` in `directory` whose writer process is gone (a killed export,
+    build or manifest update); returns what was removed. Those of live processes are theirs to finish."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = re.fullmatch(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)(?:-[0-9a-f]+)?", entry.name)
+        if match and not _pid_alive(int(match[1])):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `dest`; on success it replaces `dest`, on any error it is removed."""
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise ArtifactError(f"{dest} already exists", hint="pass --overwrite (overwrite=True) to replace it")
+    dest = check_destination(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_leftovers(dest.parent, dest.name)
+    tmp = dest.with_name(leftover_name(dest.name, "tmp"))
+    tmp.mkdir(mode=0o700)
     try:
         yield tmp
         share_like_umask(tmp)
+        check_destination(dest, overwrite)  # it may have appeared while the work ran
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(leftover_name(dest.name, "old"))
             dest.rename(old)
             tmp.rename(dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -69,9 +134,15 @@ def share_like_umask(root: Path) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    path = Path(path)
+    remove_leftovers(path.parent, path.name)
+    tmp = path.with_name(leftover_name(path.name, "tmp"))
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

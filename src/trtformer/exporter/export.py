@@ -22,6 +22,7 @@ from .. import __version__
 from ..artifact import DEFAULT_GRAPH, GraphSpec, Manifest, PluginRecord, atomic_directory, file_entries, write_manifest
 from ..artifact.dtypes import PRECISIONS
 from ..artifact.manifest import FORMS
+from ..artifact.store import check_destination
 from ..errors import ExportError, TrtformerError
 from ..families import Family, LoadedModel, family, load_model
 from . import translations
@@ -154,7 +155,7 @@ def export(
         raise ExportError(f"int8 quantization starts from an fp32 graph, not {precision}", hint="use --precision fp32")
     if not 17 <= opset <= 23:
         raise ExportError(f"opset {opset} is outside the supported range 17..23")
-    out = Path(out)
+    out = check_destination(out, overwrite)  # before tracing, which takes seconds to minutes
     loaded = load_model(source)
     fam = family(loaded.family)
     if form == "plugin" and not fam.has_plugin_form:

@@ -63,8 +63,9 @@ class TorchBackend:
         if triton:
             if device != "cuda":
                 raise BackendError("the Triton kernels run on CUDA tensors only", hint="use torch-cuda-triton")
-            from ...plugins.registry import triton_kernels
+            from ...plugins.registry import load_triton_kernels, triton_kernels
 
+            load_triton_kernels()  # a missing Triton is a DependencyError now, not at the first forward
             self.kernels = triton_kernels
         spec = artifact.graph(graph)
         self.device = torch.device(device)
