@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -381,7 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int)
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench)
+
+    # Commands whose code lives in their own modules: each module's add_commands(sub, add_backend_args) adds its
+    # subparsers and sets their func (the module imports what it needs inside func, so --help stays fast).
+    for module in EXTENSION_COMMANDS:
+        importlib.import_module(module).add_commands(sub, add_backend_args)
     return p
+
+
+EXTENSION_COMMANDS: tuple[str, ...] = ()
 
 
 def configure_logging(verbose: bool) -> None:

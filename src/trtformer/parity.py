@@ -147,6 +147,7 @@ class ParityReport:
 
     criterion: str = "tolerance"  # or "agreement" for quantised graphs
     graph: str = "default"
+    written: str | None = None  # where the report was recorded (None: not written, or the artifact is read-only)
 
     @property
     def passed(self) -> bool:
@@ -325,21 +326,35 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
                  segments: int = 8, graph: str | None = None, **backend_options) -> ParityReport:
     """Compare graph `graph` (the artifact's only one by default) on `backend` with the torch reference on generated
     cases; record the report in parity.json."""
+    for what, value, low in (("decode_steps", decode_steps, 1), ("segments", segments, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{what} must be an integer >= {low}, got {value!r}")
     with Session.open(artifact, backend=backend, graph=graph, **backend_options) as session, \
             Session.open(session.artifact, backend="torch", graph=graph) as reference:
         report = _compare(session, reference, backend, decode_steps, seed, segments, backend_options.get("model", "default"))
     if write:
-        path = Path(artifact) / "parity.json"
-        try:
-            import json
-
-            existing = json.loads(path.read_text()) if path.is_file() else {}
-        except ValueError:
-            existing = {}
         key = backend if report.graph in ("reference", "engine", session.graph.variant()) else f"{backend}:{report.graph}"
-        existing[key if graph is None else f"{key}@{graph}"] = report.to_dict()
-        write_json_atomic(path, existing)
+        record_report(Path(session.artifact.path) / "parity.json", key if graph is None else f"{key}@{graph}", report)
     return report
+
+
+def record_report(path: Path, key: str, report: ParityReport) -> None:
+    """Add the report to the artifact's parity.json. An artifact it cannot write (read-only, full disk) keeps the one
+    it has: the report is still returned, and the failure is logged, never raised after the whole run."""
+    import json
+
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        existing = {}
+    if not isinstance(existing, dict):
+        existing = {}
+    existing[key] = report.to_dict()
+    try:
+        write_json_atomic(path, existing)
+        report.written = str(path)
+    except OSError as exc:
+        log.warning("the report could not be recorded in %s (%s)", path, exc.strerror or exc)
 
 
 def _compare(session: Session, reference: Session, backend: str, decode_steps: int, seed: int, segments: int,
