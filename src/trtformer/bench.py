@@ -98,8 +98,9 @@ def measure_decode(session, batch: int, prompt_len: int, new_tokens: int, warmup
     if not session.has_state:
         raise InputError("measure_decode needs a model with state (a KV cache); use measure_forward")
     _ids(session)
-    if new_tokens < 1 or runs < 1:
-        raise ValueError("new_tokens and runs must be >= 1")
+    if min(batch, prompt_len, new_tokens, runs) < 1 or warmup < 0:
+        raise InputError(f"batch, prompt_len, new_tokens and runs must be >= 1 and warmup >= 0; got {batch}, {prompt_len}, "
+                         f"{new_tokens}, {runs} and {warmup}")
     prompt = prompt_ids(_vocab_size(session), batch, prompt_len, seed)
     prefills, steps, tokens = [], [], None
     for i in range(warmup + runs):
@@ -142,7 +143,7 @@ def decode_result(backend: str, batch: int, prompt_len: int, new_tokens: int, pr
 def measure_forward(session, feeds: Mapping[str, np.ndarray], warmup: int = 1, runs: int = 10) -> dict:
     """Latency of session.run(feeds) for stateless models (or a stateful one given its state as numpy)."""
     if runs < 1:
-        raise ValueError("runs must be >= 1")
+        raise InputError(f"runs must be >= 1, got {runs}")
     samples = []
     for i in range(warmup + runs):
         t0 = time.perf_counter()
@@ -159,7 +160,7 @@ def measure_segments(session, batch: int, seg: int, warmup: int = 4, runs: int =
     from .runtime.stream import Stream
 
     if runs < 1:
-        raise ValueError("runs must be >= 1")
+        raise InputError(f"runs must be >= 1, got {runs}")
     stream = Stream(session, batch)
     ids = prompt_ids(_vocab_size(session), batch, seg, seed)
     fill = -(-(stream.memory_limit or seg) // seg)  # segments until the memory is full

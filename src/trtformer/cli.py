@@ -15,11 +15,63 @@ from .errors import InputError, TrtformerError
 EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line with a hint, exit 2 (argparse prints usage lines too)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (hint: see `{self.prog} --help`)\n")
+
+
 def int_list(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        values = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    big = next((v for v in values if not -(2**63) <= v < 2**63), None)
+    if big is not None:
+        raise argparse.ArgumentTypeError(f"{big} does not fit in int64")
+    return values
+
+
+def count(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite float (nan and inf would turn sampling into noise or a crash)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def output_file(path: str | None, what: str) -> Path | None:
+    """A file the command will write, checked before any work: its directory exists, it is not a directory."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {path} is a directory, not a file")
+    if not p.parent.is_dir():
+        raise InputError(f"{what} {path}: the directory {p.parent} does not exist", hint="create it first")
+    return p
 
 
 def add_backend_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
@@ -138,11 +190,14 @@ def cmd_parity(args) -> int:
     from .parity import check_parity
 
     options = backend_options(args, model=args.graph if args.backend.startswith("ort") else None)
+    json_path = output_file(args.json, "--json")
     report = check_parity(args.artifact, backend=args.backend, decode_steps=args.decode_steps, seed=args.seed,
                           segments=args.segments, graph=args.graph_name, **options)
     print(report.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.written is None:
+        print(f"note: the report could not be recorded in {Path(args.artifact) / 'parity.json'} (see the warning above)")
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 
@@ -180,17 +235,24 @@ def read_id_rows(path: str) -> list[list[int]]:
     line, ids separated by commas or spaces."""
     import numpy as np
 
+    from .runtime.ids import id_rows
+
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{path} does not exist")
+        raise InputError(f"{path} does not exist" if not p.exists() else f"{path} is not a file")
     try:
         if p.suffix == ".npy":
-            return np.load(p).tolist()
-        if p.suffix == ".json":
-            return json.loads(p.read_text())
-        return [[int(t) for t in line.replace(",", " ").split()] for line in p.read_text().splitlines() if line.strip()]
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot read token ids from {path}: {exc}") from exc
+            data = np.load(p, allow_pickle=False)
+            data = data[None, :] if data.ndim == 1 else data
+        elif p.suffix == ".json":
+            data = json.loads(p.read_text())
+        else:
+            data = [[int(t) for t in line.replace(",", " ").split()] for line in p.read_text().splitlines() if line.strip()]
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read token ids from {path}: {str(exc) or type(exc).__name__}") from exc
+    if isinstance(data, list) and data and not isinstance(data[0], list):
+        data = [data]  # one sequence written as a flat list
+    return id_rows(path, data)
 
 
 def cmd_encode(args) -> int:
@@ -205,7 +267,7 @@ def cmd_encode(args) -> int:
     if args.text:
         if args.text_pair and len(args.text_pair) != len(args.text):
             raise InputError(f"--text-pair given {len(args.text_pair)} times, --text {len(args.text)} times; they pair up")
-        tokenizer = load_tokenizer(session.artifact.tokenizer_dir)
+        tokenizer = load_tokenizer(session.artifact.tokenizer_dir, "--input-ids FILE")
         encodings = [tokenizer.encode(t, *([args.text_pair[i]] if args.text_pair else [])) for i, t in enumerate(args.text)]
         rows, types = [e.ids for e in encodings], [e.type_ids for e in encodings]
         if session.graph.role_input("token-types") is None:
@@ -220,11 +282,14 @@ def cmd_encode(args) -> int:
         from .runtime.encode import global_mask_rows
 
         text = args.global_tokens.strip()
-        positions = int_list(text) if text.replace(",", "").replace(" ", "").isdigit() else read_id_rows(text)
+        listed = text.replace(",", "").replace(" ", "").replace("-", "")
+        positions = int_list(text) if listed.isdigit() and not Path(text).is_file() else read_id_rows(text)
         glob = global_mask_rows(rows, positions)
     result = encode(session, rows, types, batch_size=args.batch_size, global_attention_mask=glob)
     if args.out:
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; it must be a directory for one .npy per output")
         out.mkdir(parents=True, exist_ok=True)
         for name, array in {**result.outputs, "attention_mask": result.attention_mask}.items():
             np.save(out / f"{name}.npy", array)
@@ -239,12 +304,7 @@ def cmd_encode(args) -> int:
 
 def read_token_stream(path: str) -> list[int]:
     """One long sequence from a token file (any layout read_id_rows takes; lines follow each other)."""
-    rows = read_id_rows(path)
-    tokens = [t for row in rows for t in (row if isinstance(row, list) else [row])]
-    bad = next((t for t in tokens if not isinstance(t, int) or isinstance(t, bool)), None)
-    if bad is not None:
-        raise InputError(f"{path} holds {bad!r}, which is not a token id")
-    return tokens
+    return [t for row in read_id_rows(path) for t in row]
 
 
 def cmd_stream(args) -> int:
@@ -266,6 +326,7 @@ def cmd_bench(args) -> int:
     from . import bench
     from .runtime.session import Session
 
+    json_path = output_file(args.json, "--json")
     session = Session.open(args.artifact, backend=args.backend, **backend_options(args, threads=args.threads))
     if not session.has_state:
         raise InputError("bench measures decoding; this artifact has no KV cache")
@@ -275,8 +336,8 @@ def cmd_bench(args) -> int:
     for r in rows:
         d = r["decode_ms_per_token"]
         print(f"{r['backend']:<10} {r['batch']:>5} {r['prefill_ms_p50']:>10.2f} {d['p50_ms']:>10.2f} {d['p90_ms']:>8.2f} {d['p99_ms']:>8.2f} {r['tokens_per_s_p50']:>10.1f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -289,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     backends = backend_names()
 
-    p = argparse.ArgumentParser(prog="trtformer", description="Export transformers to ONNX / ONNX Runtime / TensorRT and prove parity with PyTorch.")
+    p = Parser(prog="trtformer", description="Export transformers to ONNX / ONNX Runtime / TensorRT and prove parity with PyTorch.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and library details")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     e = sub.add_parser("export", help="export a checkpoint directory or preset to an artifact directory")
     e.add_argument("source", help="HF checkpoint directory or a preset name (tiny-gpt2, tiny-bert, ...; see README)")
@@ -330,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--graph", default="default", choices=["default", "plain", "optimized", "int8"],
                     help="which ONNX graph of the artifact an ort-* backend runs (default: int8, else optimized, else plain)")
     pa.add_argument("--graph-name", metavar="NAME", help="which graph of a several-graph artifact (default: its only one)")
-    pa.add_argument("--decode-steps", type=int, default=16)
-    pa.add_argument("--segments", type=int, default=8, help="consecutive segments with memory carried (Transformer-XL)")
+    pa.add_argument("--decode-steps", type=count(1), default=16)
+    pa.add_argument("--segments", type=count(2), default=8, help="consecutive segments with memory carried (Transformer-XL)")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", help="also write the report here (it always goes to ARTIFACT/parity.json)")
     pa.set_defaults(func=cmd_parity)
@@ -340,10 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("artifact")
     g.add_argument("--prompt-ids", type=int_list)
     g.add_argument("--prompt", help="text, encoded with the tokenizer kept in the artifact")
-    g.add_argument("--max-new-tokens", type=int, default=20)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=count(1), default=20)
+    g.add_argument("--temperature", type=finite, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=count(0), default=0)
+    g.add_argument("--top-p", type=finite, default=1.0)
     g.add_argument("--seed", type=int)
     g.add_argument("--eos-token-id", type=int, help="stop token (default: the model's)")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
@@ -359,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--global-tokens", metavar="POSITIONS|FILE",
                     help="Longformer's global tokens: positions for every sequence (0,5), or a file with one line of "
                          "positions per sequence (default: the head's, e.g. the first token for classification)")
-    en.add_argument("--batch-size", type=int, default=32)
+    en.add_argument("--batch-size", type=count(1), default=32)
     en.add_argument("--out", help="directory for one .npy per output (default: print shapes only)")
     add_backend_args(en, backends)
     en.set_defaults(func=cmd_encode)
@@ -367,19 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stream", help="log-likelihood and perplexity of a long sequence, segment by segment (Transformer-XL)")
     st.add_argument("artifact")
     st.add_argument("--tokens", required=True, help="token ids: .npy, .json or text (lines are one sequence, in order)")
-    st.add_argument("--seg-len", type=int, help="tokens per segment (default: the model's memory length)")
+    st.add_argument("--seg-len", type=count(1), help="tokens per segment (default: the model's memory length)")
     add_backend_args(st, backends)
     st.set_defaults(func=cmd_stream)
 
     b = sub.add_parser("bench", help="decode latency per token and tokens/s")
     b.add_argument("artifact")
     add_backend_args(b, backends)
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    b.add_argument("--prompt-len", type=int, default=32)
-    b.add_argument("--new-tokens", type=int, default=64)
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--runs", type=int, default=3)
-    b.add_argument("--threads", type=int)
+    b.add_argument("--batch", type=count(1), nargs="+", default=[1, 8])
+    b.add_argument("--prompt-len", type=count(1), default=32)
+    b.add_argument("--new-tokens", type=count(1), default=64)
+    b.add_argument("--warmup", type=count(0), default=1)
+    b.add_argument("--runs", type=count(1), default=3)
+    b.add_argument("--threads", type=count(1))
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench)
 

@@ -61,6 +61,11 @@ def read_hf_config(path: Path) -> dict:
 
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors. pytorch_model.bin is read with torch's weights-only unpickler, so a pickle that
+    would run code is refused, never executed; what is wrong is said without torch's advice to turn that off."""
+    import pickle
+
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     single = path / "model.safetensors"
@@ -76,9 +81,18 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
                 sd.update(load_file(path / shard))
             return sd
         if binary.is_file():
-            return torch.load(binary, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"cannot read the weights in {path}: {exc}") from exc
+            sd = torch.load(binary, map_location="cpu", weights_only=True)
+            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                raise CheckpointError(f"{binary} holds no state dict of tensors")
+            return sd
+    except pickle.UnpicklingError as exc:
+        detail = next((ln.split("error:", 1)[-1].strip() for ln in str(exc).splitlines() if "Unpickler error" in ln), "")
+        raise CheckpointError(f"{binary} is corrupt or holds objects other than tensors; the weights-only reader refused "
+                              f"it and ran nothing in it{f' ({detail[:120]})' if detail else ''}",
+                              hint="re-save the checkpoint, preferably as model.safetensors") from None  # fmt: skip
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, EOFError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else "the file is empty or cut short"
+        raise CheckpointError(f"cannot read the weights in {path}: {reason}") from None
     raise CheckpointError(f"{path} has no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
 
 

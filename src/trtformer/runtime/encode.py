@@ -21,6 +21,7 @@ import numpy as np
 from ..artifact import shapes
 from ..artifact.examples import pad_rows
 from ..errors import InputError
+from .ids import id_rows
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,11 @@ class EncodeResult:
         return self.outputs[name]
 
 
-def _as_rows(name: str, rows) -> list[list[int]]:
-    if isinstance(rows, np.ndarray):
-        if rows.ndim != 2:
-            raise InputError(f"{name} must be a 2-D array [sequences, tokens] or a list of lists, got shape {rows.shape}")
-        rows = rows.tolist()
-    out = []
-    for i, row in enumerate(rows):
-        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence | np.ndarray):
-            raise InputError(f"{name}[{i}] must be a sequence of integers, got {type(row).__name__}")
-        try:
-            out.append([int(t) for t in row])
-        except (TypeError, ValueError):
-            raise InputError(f"{name}[{i}] holds a value that is not an integer") from None
-    return out
-
-
 def _paired_rows(session: Session, role: str, name: str, value, rows: list[list[int]]) -> list[list[int]] | None:
     """Per-token rows that go with input_ids (token_type_ids, global_attention_mask): same count, same lengths."""
     if value is None:
         return None
-    paired = _as_rows(name, value)
+    paired = id_rows(name, value)
     if session.graph.role_input(role) is None:
         raise InputError(f"this model takes no {name}")
     bad = [i for i, (a, b) in enumerate(zip(rows, paired, strict=False)) if len(a) != len(b)]
@@ -67,9 +52,9 @@ def _paired_rows(session: Session, role: str, name: str, value, rows: list[list[
 
 def global_mask_rows(rows, positions) -> list[list[int]]:
     """A global_attention_mask for `rows` from token positions: one list for every row, or one list per row."""
-    rows = _as_rows("input_ids", rows)
+    rows = id_rows("input_ids", rows)
     per_row = positions if positions and isinstance(positions[0], Sequence | np.ndarray) else [positions] * len(rows)
-    per_row = _as_rows("global token positions", per_row)
+    per_row = id_rows("global token positions", per_row)
     if len(per_row) != len(rows):
         raise InputError(f"global token positions given for {len(per_row)} sequences, there are {len(rows)}")
     out = []
@@ -109,7 +94,7 @@ def encode(
         raise InputError("encode runs stateless encoders; this model carries state (use generate or a stream)")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    rows = _as_rows("input_ids", input_ids)
+    rows = id_rows("input_ids", input_ids)
     if not rows:
         raise InputError("input_ids is empty: give at least one sequence")
     empty = [i for i, r in enumerate(rows) if not r]

@@ -112,7 +112,8 @@ class Session:
             value = shapes.evaluate(expr, sizes)
             if value is not None and value > limit:
                 raise InputError(f"{expr} = {value} exceeds the model's context of {limit} positions",
-                                 hint="shorten the prompt or the number of new tokens")
+                                 hint="shorten the prompt or the number of new tokens" if self.has_state
+                                 else f"shorten the sequences to at most {limit} tokens")  # fmt: skip
         for dim, info in self.graph.dims.items():
             value = sizes.get(dim)
             if value is None:

@@ -7,10 +7,12 @@ from pathlib import Path
 from ..errors import ArtifactError, require
 
 
-def load_tokenizer(directory: Path | None):
-    """tokenizer.json, GPT-2's vocab.json + merges.txt (byte-level BPE), or BERT's vocab.txt (WordPiece)."""
+def load_tokenizer(directory: Path | None, ids_flag: str = "--prompt-ids"):
+    """tokenizer.json, GPT-2's vocab.json + merges.txt (byte-level BPE), or BERT's vocab.txt (WordPiece).
+    `ids_flag` is the command's way to pass token ids instead, for the hint when there is no tokenizer."""
     if directory is None:
-        raise ArtifactError("the artifact has no tokenizer files", hint="pass token ids with --prompt-ids, or export from a checkpoint directory that has tokenizer files")
+        raise ArtifactError("the artifact has no tokenizer files",
+                            hint=f"pass token ids with {ids_flag}, or export from a checkpoint directory that has tokenizer files")
     tk = require("tokenizers", "hf", "text prompts")
     if (directory / "tokenizer.json").is_file():
         return tk.Tokenizer.from_file(str(directory / "tokenizer.json"))
