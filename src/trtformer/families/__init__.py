@@ -4,7 +4,8 @@ nn.Module, in one place.
 An entry (families/NAME.py, `FAMILY = Family(...)`, listed in ENTRIES below) names the family's config and model
 classes, its graph I/O with a role on every input, how flattened inputs become the model's keyword arguments, the
 Hugging Face model types it reads, its presets, the modules its precision keeps fp32, ONNX Runtime's optimizer for
-it, and the fused ops it calls. Nothing else in trtformer matches on a family's name, so a new family without a
+it, and the fused ops it calls. An encoder-decoder family also gives `graphs`: the several graphs its generation
+head exports as (encoder, decoder step) and the links that chain them. Nothing else in trtformer matches on a family's name, so a new family without a
 fused op touches its model file and its registry entry.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from ..artifact import GraphSpec
+from ..artifact import GraphSpec, Link
 from ..errors import ArtifactError, CheckpointError
 from ..models.checkpoints import (
     LoadedModel,
@@ -47,6 +48,13 @@ class OrtOptimizer:
     activation_key: str
 
 
+class Graphs(NamedTuple):
+    """The graphs a model exports instead of its single spec graph, and how they chain (see artifact.Link)."""
+
+    graphs: tuple[GraphSpec, ...]  # models left empty, as spec's
+    links: tuple[Link, ...]
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -59,10 +67,18 @@ class Family:
     fp32_heads: tuple[str, ...] = ()  # module names kept fp32 at every precision, beyond Linear32 modules
     ort_optimizer: OrtOptimizer | None = None  # None: ONNX Runtime has no fusions for this family
     fused_ops: tuple[str, ...] = ()  # the torch custom ops the model calls; with any, the family has a plugin form
+    # The model's graphs when it exports several (seq2seq generation: encoder and decoder step), else None: the
+    # exporter then writes `spec` as graph "model". Every graph runs through the model's forward and to_kwargs.
+    graphs: Callable[[nn.Module], Graphs | None] | None = None
 
     @property
     def has_plugin_form(self) -> bool:
         return bool(self.fused_ops)
+
+    def export_graphs(self, model: nn.Module) -> Graphs:
+        """What the exporter writes for `model`: its several graphs and their links, or its spec alone."""
+        several = self.graphs(model) if self.graphs is not None else None
+        return several if several is not None else Graphs((self.spec(model),), ())
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         """An uninitialised model from a manifest's config dict (the config dataclass's `to_dict`)."""
@@ -74,9 +90,9 @@ class Family:
 
 
 # The entries import Family from this module, so they are imported once it is defined.
-from . import bert, gpt, longformer, transfo_xl  # noqa: E402
+from . import bart, bert, gpt, longformer, t5, transfo_xl  # noqa: E402
 
-ENTRIES: tuple[Family, ...] = (gpt.FAMILY, bert.FAMILY, longformer.FAMILY, transfo_xl.FAMILY)
+ENTRIES: tuple[Family, ...] = (gpt.FAMILY, bert.FAMILY, longformer.FAMILY, transfo_xl.FAMILY, bart.FAMILY, t5.FAMILY)
 FAMILIES: dict[str, Family] = {f.name: f for f in ENTRIES}
 # HF model_type -> (family, loader)
 HF_MODEL_TYPES: dict[str, tuple[Family, HFLoader]] = {t: (f, loader) for f in ENTRIES for t, loader in f.hf_model_types.items()}
@@ -140,6 +156,6 @@ def load_model(source: str | Path) -> LoadedModel:
 
 
 __all__ = [
-    "ENTRIES", "FAMILIES", "HF_MODEL_TYPES", "PRESETS", "Family", "HFLoader", "LoadedModel", "OrtOptimizer", "Preset",
+    "ENTRIES", "FAMILIES", "HF_MODEL_TYPES", "PRESETS", "Family", "Graphs", "HFLoader", "LoadedModel", "OrtOptimizer", "Preset",
     "build_model", "family", "load_checkpoint", "load_model", "preset",
 ]  # fmt: skip
