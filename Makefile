@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: an open range pulls a multi-GB CUDA build (see DESIGN.md).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# tritonserver for `trtformer serve` and its tests: without its declared numpy<2 (it runs with numpy 2).
+	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -262,6 +262,9 @@ def cmd_encode(args) -> int:
     from .runtime.session import Session
     from .runtime.tokenizer import load_tokenizer
 
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; it must be a directory for one .npy per output")
     session = Session.open(args.artifact, backend=args.backend, **backend_options(args))
     types = None
     if args.text:
@@ -287,9 +290,6 @@ def cmd_encode(args) -> int:
         glob = global_mask_rows(rows, positions)
     result = encode(session, rows, types, batch_size=args.batch_size, global_attention_mask=glob)
     if args.out:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} is a file; it must be a directory for one .npy per output")
         out.mkdir(parents=True, exist_ok=True)
         for name, array in {**result.outputs, "attention_mask": result.attention_mask}.items():
             np.save(out / f"{name}.npy", array)
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-EXTENSION_COMMANDS: tuple[str, ...] = ()
+EXTENSION_COMMANDS: tuple[str, ...] = ("trtformer.serve.commands",)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -28,7 +28,7 @@ LAYERS = {
     "families": 4, "trt": 4,
     "exporter": 5, "engines": 5,
     "runtime": 6,
-    "parity": 7, "bench": 7,
+    "parity": 7, "bench": 7, "serve": 7,
     "cli": 8, "__init__": 8,
 }  # fmt: skip
 
