@@ -19,14 +19,14 @@ import onnx
 import torch
 
 from .. import __version__
-from ..artifact import DEFAULT_GRAPH, GraphSpec, Manifest, PluginRecord, atomic_directory, file_entries, write_manifest
+from ..artifact import GraphSpec, Manifest, PluginRecord, atomic_directory, file_entries, write_manifest
 from ..artifact.dtypes import PRECISIONS
 from ..artifact.manifest import FORMS
 from ..artifact.store import check_destination
 from ..errors import ExportError, TrtformerError
 from ..families import Family, LoadedModel, family, load_model
 from . import translations
-from .precision import apply_precision, fp32_heads
+from .precision import apply_precision, fp32_heads, fp32_modules
 from .quantize import QUANTIZATIONS, quantize_graph
 from .trace import Flattened, dynamic_shapes, example_args, fix_graph_signature
 
@@ -108,6 +108,35 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> list[str]:
     return [path.name, data]
 
 
+def write_graph(tmp: Path, stem: str, proto: onnx.ModelProto, model: torch.nn.Module, fam: Family, config: dict,
+                optimize: bool, quantize: str | None) -> tuple[list[str], dict]:
+    """Save one graph as STEM.onnx, plus STEM.opt.onnx (ONNX Runtime's fusions) and STEM.int8.onnx when asked; return
+    the files written and the graph record's fields (models, fusions, quantization)."""
+    written = save_onnx(proto, tmp / f"{stem}.onnx")
+    models, fusions, quantization = {"plain": f"{stem}.onnx"}, {}, None
+    if optimize:
+        from .optimize import optimize_graph
+
+        fused, fusions = optimize_graph(tmp / f"{stem}.onnx", fam.ort_optimizer, config, IR_VERSION)
+        models["optimized"] = f"{stem}.opt.onnx"
+        written += save_onnx(fused, tmp / models["optimized"])
+    if quantize is not None:
+        heads = fp32_heads(model, fam.fp32_heads)
+        int8, quantization = quantize_graph(tmp / models.get("optimized", f"{stem}.onnx"), IR_VERSION, heads)
+        models["int8"] = f"{stem}.int8.onnx"
+        written += save_onnx(int8, tmp / models["int8"])
+    return written, {"models": models, "fusions": fusions, "quantization": quantization}
+
+
+def precision_notes(model: torch.nn.Module, precision: str) -> dict:
+    """The manifest's `fp32_modules` (and the model's `fp32_compute`, what it says it computes in fp32) where a
+    low-precision graph keeps more than the usual contract in fp32."""
+    kept = fp32_modules(model) if precision != "fp32" else {}
+    if not kept:
+        return {}
+    return {"fp32_modules": kept, **({"fp32_compute": model.fp32_compute} if hasattr(model, "fp32_compute") else {})}
+
+
 def save_reference(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
@@ -167,26 +196,23 @@ def export(
         raise ExportError(f"ONNX Runtime's transformer optimizer has no fusions for the {fam.name} family",
                           hint="export without --optimize; ONNX Runtime still optimises the graph when it loads it")  # fmt: skip
     model = apply_precision(loaded.model, precision, fam.fp32_heads)
-    graph = fam.spec(model)
+    exported = fam.export_graphs(model)
     log.info("exporting %s (%s, %s, %s, opset %d)", loaded.source, fam.name, form, precision, opset)
-    proto, plugins = to_onnx(loaded, fam, model, graph, opset, form)
+    protos, plugins = [], []
+    for graph in exported.graphs:
+        proto, found = to_onnx(loaded, fam, model, graph, opset, form)
+        protos.append(proto)
+        plugins += [p for p in found if p not in plugins]
     config = loaded.model.config.to_dict()
+    # One graph keeps the name "model" and its files model*.onnx; several are named after their graphs.
+    stems = ["model"] if len(exported.graphs) == 1 else [g.name for g in exported.graphs]
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
-            written = save_onnx(proto, tmp / "model.onnx")
-            models, fusions = {"plain": "model.onnx"}, {}
-            if optimize:
-                from .optimize import optimize_graph
-
-                fused, fusions = optimize_graph(tmp / "model.onnx", fam.ort_optimizer, config, IR_VERSION)
-                models["optimized"] = "model.opt.onnx"
-                written += save_onnx(fused, tmp / "model.opt.onnx")
-            quantization = None
-            if quantize is not None:
-                heads = fp32_heads(model, fam.fp32_heads)
-                int8, quantization = quantize_graph(tmp / models.get("optimized", "model.onnx"), IR_VERSION, heads)
-                models["int8"] = "model.int8.onnx"
-                written += save_onnx(int8, tmp / "model.int8.onnx")
+            written, graphs = [], {}
+            for graph, proto, stem in zip(exported.graphs, protos, stems, strict=True):
+                files, names = write_graph(tmp, stem, proto, model, fam, config, optimize, quantize)
+                written += files
+                graphs[graph.name] = replace(graph, **names)
             if reference:
                 save_reference(loaded.model, tmp / "reference.safetensors")
                 written.append("reference.safetensors")
@@ -202,13 +228,15 @@ def export(
                 form=form,
                 precision=precision,
                 opset=opset,
-                graphs={DEFAULT_GRAPH: replace(graph, models=models, fusions=fusions, quantization=quantization)},
+                graphs=graphs,
                 files=file_entries(tmp, written),
-                plugins=plugins,
+                links=exported.links,
+                plugins=tuple(plugins),
                 reference="reference.safetensors" if reference else None,
                 source=str(loaded.source),
                 versions=versions(),
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                extra=precision_notes(model, precision),
             )
             Manifest.from_dict(manifest.to_dict(), f"the manifest of {out}")  # every check a reader makes, before writing
             write_manifest(tmp, manifest)

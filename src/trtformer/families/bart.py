@@ -112,6 +112,7 @@ FAMILY = Family(
     to_kwargs=s2s.to_kwargs,
     hf_model_types={"bart": HFLoader(config_from_hf, convert_state_dict)},
     presets=PRESETS,
+    fp32_heads=("lm_head",),
     ort_optimizer=OrtOptimizer("bart", "encoder_attention_heads", "d_model", "activation_function"),
     graphs=graphs,
 )

@@ -98,5 +98,6 @@ FAMILY = Family(
     to_kwargs=s2s.to_kwargs,
     hf_model_types={"t5": HFLoader(config_from_hf, convert_state_dict)},
     presets=PRESETS,
+    fp32_heads=("lm_head",),
     graphs=graphs,
 )

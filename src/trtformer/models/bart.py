@@ -159,6 +159,7 @@ class Bart(nn.Module):
         self.encoder = Stack(cfg, [EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = Stack(cfg, [DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.head == "generation":  # the LM head is tied to `shared`
+            self.lm_head = TiedLMHead()
             self.register_buffer("final_logits_bias", torch.zeros(1, cfg.vocab_size))
         elif cfg.head == "sequence-classification":
             self.classification_head = ClassificationHead(cfg.d_model, cfg.num_labels)
@@ -202,6 +203,7 @@ class Bart(nn.Module):
         cross: list[KV],  # decoder_layers x 2 x [batch, heads, enc, head_dim]
         past: list[KV],  # decoder_layers x 2 x [batch, heads, past, head_dim]
     ) -> tuple[torch.Tensor, list[KV]]:  # [batch, seq, d_model], the grown self-attention cache
+        cross = at_dtype(cross, self.compute_dtype)
         past_len = past[0][0].shape[2]
         x = self.decoder.embed(self.shared(decoder_input_ids) * self.embed_scale, past_len, self.compute_dtype)
         seq = decoder_input_ids.shape[1]
@@ -215,7 +217,7 @@ class Bart(nn.Module):
         return x, presents
 
     def lm_logits(self, x: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_model] -> [batch, seq, vocab], fp32
-        return F.linear(x.float(), self.shared.weight.float()) + self.final_logits_bias.float()
+        return self.lm_head(x, self.shared.weight, self.final_logits_bias)
 
     # --- graphs --------------------------------------------------------------------------------------------
 
@@ -265,6 +267,14 @@ class Bart(nn.Module):
         return self.lm_logits(x), presents
 
 
+class TiedLMHead(nn.Module):
+    """An LM head that projects with the token embedding: fp32 logits at every precision. A module of its own (with
+    no parameters) so that the exported nodes carry its name, which int8 quantisation leaves fp32 as every head."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float().reshape(-1))
+
+
 class ClassificationHead(nn.Module):
     """dense -> tanh -> out_proj on the pooled eos state; fp32 as every head."""
 
@@ -281,6 +291,12 @@ def shift_right(input_ids: torch.Tensor, start_token_id: int) -> torch.Tensor:
     """[batch, len] -> the decoder's inputs: the start token, then the ids but the last."""
     start = torch.full_like(input_ids[:, :1], start_token_id)
     return torch.cat([start, input_ids[:, :-1]], dim=1)
+
+
+def at_dtype(pairs: list[KV], dtype: torch.dtype) -> list[KV]:
+    """Keys and values at the compute dtype: a no-op in an exported graph (its inputs have that dtype), a cast where a
+    caller feeds the fp32 reference with another precision's arrays."""
+    return [(k.to(dtype), v.to(dtype)) for k, v in pairs]
 
 
 def named_cache(prefix: str, pairs: list[KV]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bart import KV, named_cache, shift_right
-from .layers import activation, merge_heads, split_heads
+from .bart import KV, TiedLMHead, at_dtype, named_cache
+from .layers import Linear32, activation, merge_heads, split_heads
 
 Head = Literal["generation", "encoder"]
 HEADS: tuple[str, ...] = ("generation", "encoder")
@@ -237,6 +237,9 @@ def mask_bias(mask: torch.Tensor) -> torch.Tensor:  # [batch, len] 0/1 -> [batch
 class T5(nn.Module):
     """T5 for conditional generation, or its encoder alone (T5EncoderModel); see T5Config.head and forward()."""
 
+    # What a low-precision export computes in fp32 beyond the usual contract; the manifest records it.
+    fp32_compute = "the residual stream and each feed-forward output projection (wo), which overflow fp16"
+
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.config = cfg
@@ -244,8 +247,7 @@ class T5(nn.Module):
         self.encoder = Stack(cfg, [EncoderBlock(cfg) for _ in range(cfg.num_layers)], bidirectional=True)
         if cfg.head == "generation":
             self.decoder = Stack(cfg, [DecoderBlock(cfg) for _ in range(cfg.num_decoder_layers)], bidirectional=False)
-            if not cfg.tie_word_embeddings:
-                self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.lm_head = TiedLMHead() if cfg.tie_word_embeddings else Linear32(cfg.d_model, cfg.vocab_size, bias=False)
 
     def init_weights(self, seed: int = 0) -> T5:
         """transformers' T5 init: normal weights scaled by fan-in, unit norms."""
@@ -286,6 +288,7 @@ class T5(nn.Module):
 
     def decode(self, decoder_input_ids, encoder_attention_mask, cross: list[KV], past: list[KV]):
         """[batch, seq] ids over a cache of `past` positions -> [batch, seq, d_model] (compute dtype), the grown cache."""
+        cross = at_dtype(cross, self.compute_dtype)
         dtype = self.compute_dtype
         past_len = past[0][0].shape[2]
         x = self.shared(decoder_input_ids).float()
@@ -304,8 +307,7 @@ class T5(nn.Module):
         x = x.float()
         if self.config.scale_decoder_outputs:
             x = x * self.config.d_model**-0.5
-        head = self.shared if self.config.tie_word_embeddings else self.lm_head
-        return F.linear(x, head.weight.float())
+        return self.lm_head(x, self.shared.weight) if self.config.tie_word_embeddings else self.lm_head(x)
 
     def forward(
         self,
@@ -337,4 +339,4 @@ class T5(nn.Module):
         return self.lm_logits(x), presents
 
 
-__all__ = ["HEADS", "T5", "T5Config", "bucket_table", "shift_right"]
+__all__ = ["HEADS", "T5", "T5Config", "bucket_table"]
