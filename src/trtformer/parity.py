@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import shapes, write_json_atomic
+from .artifact import Artifact, shapes, write_json_atomic
 from .artifact.examples import example_feeds, example_sizes
 from .errors import InputError
 from .runtime.generate import context_limit
+from .runtime.seq2seq import Seq2Seq, is_seq2seq
 from .runtime.session import Session
 from .runtime.stream import Stream
 
@@ -329,7 +330,10 @@ def check_parity(artifact: str | Path, backend: str = "ort-cpu", decode_steps: i
     for what, value, low in (("decode_steps", decode_steps, 1), ("segments", segments, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{what} must be an integer >= {low}, got {value!r}")
-    with Session.open(artifact, backend=backend, graph=graph, **backend_options) as session, \
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    if graph is None and is_seq2seq(art):
+        return check_seq2seq_parity(art, backend, decode_steps, seed, write, **backend_options)
+    with Session.open(art, backend=backend, graph=graph, **backend_options) as session, \
             Session.open(session.artifact, backend="torch", graph=graph) as reference:
         report = _compare(session, reference, backend, decode_steps, seed, segments, backend_options.get("model", "default"))
     if write:
@@ -378,3 +382,62 @@ def _compare(session: Session, reference: Session, backend: str, decode_steps: i
         log.info("parity: %d segments with memory on %s", segments, backend)
         report.comparisons += segment_cases(session, reference, tol, rng, segments)
     return report
+
+
+# ---------------------------------------------------------------------------------------------- encoder-decoders
+
+
+def check_seq2seq_parity(artifact: Artifact, backend: str = "ort-cpu", decode_steps: int = 16, seed: int = 0,
+                         write: bool = True, **backend_options) -> ParityReport:
+    """Both graphs of an encoder-decoder against the torch reference: the encoder's outputs (hidden states and the
+    cross-attention keys and values) on the forward cases, then decoding: the backend's encoder once and
+    `decode_steps` decoder steps with the cache carried on the backend, against the reference recomputing the whole
+    target at every length (one decoder call from an empty cache)."""
+    with Seq2Seq.open(artifact, backend, **backend_options) as model, Seq2Seq.open(artifact, "torch") as reference:
+        graph = model.decoder.graph.variant(backend_options.get("model", "default")) if backend.startswith("ort") else \
+            "engine" if backend == "tensorrt" else "reference"  # fmt: skip
+        quantized = graph == "int8"
+        report = ParityReport(str(artifact.path), backend, artifact.manifest.precision, TOLERANCES[artifact.manifest.precision],
+                              criterion="agreement" if quantized else "tolerance", graph=graph)  # fmt: skip
+        tol = AGREEMENT if quantized else report.tolerance
+        rng = np.random.default_rng(seed)
+        log.info("parity: encoder forwards and %d decoder steps on %s (%s graphs)", decode_steps, backend, graph)
+        for batch, seq, pad in AGREEMENT_CASES if quantized else FORWARD_CASES:
+            feeds = padded_feeds(model.encoder, batch, seq, pad, rng)
+            got, want = model.encoder.run(feeds), reference.encoder.run(feeds)
+            report.comparisons += compare_outputs(model.encoder, f"encoder b{batch} s{seq}{' padded' if pad else ''}", got, want,
+                                                  tol, feeds[model.source_mask])  # fmt: skip
+        report.comparisons += seq2seq_decode_cases(model, reference, tol, rng, decode_steps)
+        if quantized:
+            report.comparisons += pooled_agreement(report.comparisons, tol)
+    if write:
+        record_report(Path(artifact.path) / "parity.json", backend if graph in ("reference", "engine", model.decoder.graph.variant())
+                      else f"{backend}:{graph}", report)  # fmt: skip
+    return report
+
+
+def seq2seq_decode_cases(model: Seq2Seq, reference: Seq2Seq, tol: Tolerance | Agreement, rng, steps: int) -> list[Comparison]:
+    """Three padded sources of 9 tokens; each step's logits and the final cache of the backend's chain against the
+    reference's whole-target recomputation."""
+    steps = min(steps, context_limit(model.decoder.graph) or steps)
+    source = padded_feeds(model.encoder, 3, 9, True, rng)
+    target = rng.integers(0, model.config["vocab_size"], (3, steps)).astype(np.int64)
+    target[:, 0] = model.config["decoder_start_token_id"]
+    encoded, state, logits = model.encode(source[model.source_ids], source[model.source_mask]), None, []
+    for t in range(steps):
+        out, state = model.step(target[:, t : t + 1], encoded, state)
+        logits.append(out)
+    ref_encoded = reference.encode(source[reference.source_ids], source[reference.source_mask])
+    want, ref_state = reference.decoder.step({reference.ids_name: target, **ref_encoded})
+    got = {"logits": np.concatenate(logits, axis=1), **named_state(model.decoder, state)}
+    want.update(named_state(reference.decoder, ref_state))
+    case = f"decode {steps} steps"
+    if isinstance(tol, Agreement):
+        return [compare_agreement(case, n, agreement_criterion(n, list(model.decoder.outputs[n].shape)), got[n], want[n], None, tol)
+                for n in got]  # fmt: skip
+    out = [compare(case, n, got[n], want[n], tol) for n in got]
+    per_step = [compare(f"decode step {i}", "logits", logits[i][:, -1], want["logits"][:, i], tol) for i in range(steps)]
+    worst = max(per_step, key=lambda c: c.max_abs)
+    out.append(Comparison(f"decode worst step ({per_step.index(worst)})", "logits", worst.shape, worst.max_abs, worst.max_rel,
+                          worst.cosine, all(c.passed for c in per_step)))  # fmt: skip
+    return out
