@@ -76,3 +76,18 @@ def artifact_copy(tmp_path, gpt2_artifact) -> Path:
     import shutil
 
     return Path(shutil.copytree(gpt2_artifact, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="session")
+def preset_artifact(tmp_path_factory):
+    """export(preset, **options) once per test run: tests that only read an artifact share it."""
+    made: dict[tuple, Path] = {}
+
+    def get(preset: str, **options) -> Path:
+        key = (preset, *sorted(options.items()))
+        if key not in made:
+            name = "-".join([preset, *(f"{k}-{v}" for k, v in sorted(options.items()))])
+            made[key] = _export(tmp_path_factory, preset, name, **options)
+        return made[key]
+
+    return get

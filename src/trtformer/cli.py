@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-EXTENSION_COMMANDS: tuple[str, ...] = ("trtformer.serve.commands",)
+EXTENSION_COMMANDS: tuple[str, ...] = ("trtformer.serve.commands", "trtformer.doctor")
 
 
 def configure_logging(verbose: bool) -> None:

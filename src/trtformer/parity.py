@@ -18,6 +18,7 @@ import numpy as np
 
 from .artifact import Artifact, shapes, write_json_atomic
 from .artifact.examples import example_feeds, example_sizes
+from .artifact.store import manifest_lock
 from .errors import InputError
 from .runtime.generate import context_limit
 from .runtime.seq2seq import Seq2Seq, is_seq2seq
@@ -348,14 +349,14 @@ def record_report(path: Path, key: str, report: ParityReport) -> None:
     import json
 
     try:
-        existing = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        existing = {}
-    if not isinstance(existing, dict):
-        existing = {}
-    existing[key] = report.to_dict()
-    try:
-        write_json_atomic(path, existing)
+        with manifest_lock(path.parent):  # another parity run may record its report at the same time
+            try:
+                existing = json.loads(path.read_text()) if path.is_file() else {}
+            except (OSError, ValueError):
+                existing = {}
+            existing = existing if isinstance(existing, dict) else {}
+            existing[key] = report.to_dict()
+            write_json_atomic(path, existing)
         report.written = str(path)
     except OSError as exc:
         log.warning("the report could not be recorded in %s (%s)", path, exc.strerror or exc)

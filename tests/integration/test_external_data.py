@@ -24,7 +24,7 @@ def tiny_threshold(monkeypatch):
 
 
 def files_on_disk(art: Path) -> set[str]:
-    skip = {"manifest.json", "parity.json"}
+    skip = {"manifest.json", "parity.json", ".manifest.lock"}
     return {str(p.relative_to(art)) for p in art.rglob("*") if p.is_file() and p.name not in skip}
 
 

@@ -8,6 +8,7 @@ when one is off. Every file is opened through `Artifact.file`, which refuses a p
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -111,16 +112,62 @@ def atomic_directory(dest: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         share_like_umask(tmp)
         check_destination(dest, overwrite)  # it may have appeared while the work ran
-        if dest.exists():
-            old = dest.with_name(leftover_name(dest.name, "old"))
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
+        _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, dest: Path, attempts: int = 20) -> None:
+    """Rename `tmp` to `dest`, moving an existing `dest` aside first. Another process may place or move its own
+    `dest` between the two renames (two exports into one path): then the swap is tried again, so the last writer
+    wins with a whole artifact and neither fails."""
+    for _ in range(attempts):
+        old = None
+        try:
+            if dest.exists():
+                old = dest.with_name(leftover_name(dest.name, "old"))
+                dest.rename(old)
+            tmp.rename(dest)
+        except FileNotFoundError:  # the other writer moved `dest` aside first
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # the other writer placed its `dest` between our renames
+        finally:
+            if old is not None and old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise ArtifactError(f"{dest} kept changing while this export tried to put its result there",
+                        hint="export into one destination from one process at a time")
+
+
+@contextlib.contextmanager
+def manifest_lock(root: Path) -> Iterator[None]:
+    """Serialize read-modify-write updates of an artifact's manifest (and parity.json) across processes: two builds
+    into one artifact each record their engine, neither overwrites the other's record. An advisory lock on a file
+    beside the manifest; on systems without fcntl the updates are only atomic, not serialized."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(Path(root) / ".manifest.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_manifest(root: Path, change) -> Manifest:
+    """Read the manifest, apply `change(manifest) -> manifest`, write it (schema 2), all under the manifest lock;
+    returns what was written."""
+    with manifest_lock(root):
+        manifest = change(read_manifest(root))
+        write_manifest(root, manifest)
+        return manifest
 
 
 def share_like_umask(root: Path) -> None:

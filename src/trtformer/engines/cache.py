@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from ..artifact import (
     EngineRecord,
     GraphSpec,
     Manifest,
-    read_manifest,
     sha256_file,
-    write_manifest,
 )
+from ..artifact.store import leftover_name, remove_leftovers, update_manifest
 from ..errors import ArtifactError, EngineError
 from ..trt.flavors import FLAVORS, Targets, Toolkit
 from .profiles import Profile
@@ -35,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ENGINES_DIR = "engines"
 # Part of every key: bump it when the builder configures networks differently, so older engines get rebuilt.
-BUILDER_REVISION = 1
+BUILDER_REVISION = 2  # 2: TensorRT-RTX engines built for stream capture (REQUIRE_USER_ALLOCATION)
 
 
 def onnx_files(manifest: Manifest, graph: GraphSpec) -> list[str]:
@@ -163,8 +161,8 @@ def commit(root: Path, name: str, data, record: EngineRecord) -> Manifest:
     Returns the manifest as written."""
     path = root / name
     path.parent.mkdir(exist_ok=True)
-    tag = f"{os.getpid()}-{time.monotonic_ns()}"
-    tmp, backup = path.with_name(f".{path.name}.tmp-{tag}"), path.with_name(f".{path.name}.old-{tag}")
+    remove_leftovers(path.parent, path.name)  # what a killed build of this engine left
+    tmp, backup = path.with_name(leftover_name(path.name, "tmp")), path.with_name(leftover_name(path.name, "old"))
     had_old = path.exists()
     placed = False
     try:
@@ -174,9 +172,8 @@ def commit(root: Path, name: str, data, record: EngineRecord) -> Manifest:
             path.replace(backup)
         tmp.replace(path)
         placed = True
-        # Read the manifest again just before writing, to keep what another process recorded meanwhile.
-        manifest = read_manifest(root).with_engine(name, record)
-        write_manifest(root, manifest)
+        # Read, add and write under the manifest lock: another process may record its engine at the same time.
+        manifest = update_manifest(root, lambda m: m.with_engine(name, record))
     except BaseException:
         tmp.unlink(missing_ok=True)
         if had_old and backup.exists():
