@@ -202,14 +202,18 @@ def cmd_parity(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .artifact import Artifact
     from .runtime.generate import GenerationConfig, generate
+    from .runtime.seq2seq import Seq2Seq, generate_seq2seq, is_seq2seq
     from .runtime.session import Session
     from .runtime.tokenizer import load_tokenizer
 
-    session = Session.open(args.artifact, backend=args.backend, **backend_options(args))
+    artifact = Artifact.load(args.artifact)
+    seq2seq = is_seq2seq(artifact)  # an encoder-decoder: the prompt is the encoder's input
+    runner = (Seq2Seq if seq2seq else Session).open(artifact, backend=args.backend, **backend_options(args))
     tokenizer = None
     if args.prompt is not None:
-        tokenizer = load_tokenizer(session.artifact.tokenizer_dir)
+        tokenizer = load_tokenizer(artifact.tokenizer_dir)
         prompt_ids = tokenizer.encode(args.prompt).ids
     elif args.prompt_ids is not None:
         prompt_ids = args.prompt_ids
@@ -217,16 +221,19 @@ def cmd_generate(args) -> int:
         raise InputError("give a prompt with --prompt-ids 1,2,3 or --prompt TEXT")
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=args.seed, eos_token_id=args.eos_token_id,
-                           ignore_eos=args.ignore_eos)
-    result = generate(session, [prompt_ids], cfg)
+                           ignore_eos=args.ignore_eos, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                           early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping))
+    result = (generate_seq2seq if seq2seq else generate)(runner, [prompt_ids], cfg)
     new = result.tokens[0]
-    print(f"prompt ids  {','.join(map(str, prompt_ids))}")
+    print(f"{'source' if seq2seq else 'prompt'} ids  {','.join(map(str, prompt_ids))}")
     print(f"new ids     {','.join(map(str, new))}{'  (stopped at eos)' if result.finished[0] else ''}")
     if tokenizer is not None:
-        print(f"text        {tokenizer.decode(prompt_ids + new)}")
+        print(f"text        {tokenizer.decode(new if seq2seq else prompt_ids + new)}")
     decode = result.step_seconds[1:]
     if decode:
-        print(f"speed       prefill {result.step_seconds[0] * 1e3:.1f} ms, decode {1e3 * sum(decode) / len(decode):.2f} ms/token on {session.name}")
+        first = "encoder + first step" if seq2seq else "prefill"
+        print(f"speed       {first} {result.step_seconds[0] * 1e3:.1f} ms, decode {1e3 * sum(decode) / len(decode):.2f} ms/token"
+              f"{f' ({cfg.num_beams} beams)' if cfg.num_beams > 1 else ''} on {runner.name}")
     return EXIT_OK
 
 
@@ -397,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--json", help="also write the report here (it always goes to ARTIFACT/parity.json)")
     pa.set_defaults(func=cmd_parity)
 
-    g = sub.add_parser("generate", help="generate tokens with the KV cache carried on the backend")
+    g = sub.add_parser("generate", help="generate tokens with the KV cache carried on the backend (decoders; "
+                                        "encoder-decoders take the prompt as the source)")
     g.add_argument("artifact")
     g.add_argument("--prompt-ids", type=int_list)
     g.add_argument("--prompt", help="text, encoded with the tokenizer kept in the artifact")
@@ -408,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--eos-token-id", type=int, help="stop token (default: the model's)")
     g.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    g.add_argument("--num-beams", type=count(1), default=1, help="beam search with this many beams (encoder-decoders)")
+    g.add_argument("--length-penalty", type=finite, default=1.0,
+                   help="beam search: a finished beam's log-probability is divided by its length ** this")
+    g.add_argument("--early-stopping", choices=["true", "false", "never"], default="false",
+                   help="beam search: stop once --num-beams beams finished (true), when no running beam can beat them "
+                        "at its current length (false) or at its longest (never)")
     add_backend_args(g, backends)
     g.set_defaults(func=cmd_generate)
 
