@@ -21,8 +21,8 @@ from support import manifest
 from trtformer.artifact import SCHEMA_VERSION, Artifact, file_entries, write_json_atomic
 from trtformer.cli import main
 from trtformer.engines import build_engine, profiles, read_engine
-from trtformer.engines.build import load_timing_cache, save_timing_cache
-from trtformer.errors import ArtifactError, DependencyError, EngineError
+from trtformer.engines.build import capture_flag, configure, load_timing_cache, save_timing_cache
+from trtformer.errors import ArtifactError, DependencyError, EngineError, InputError
 from trtformer.trt import flavors
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'trtformer[tensorrt-rtx]'; CI installs it)")
@@ -307,6 +307,59 @@ def test_each_graph_gets_its_own_engines(tmp_path):
         read_engine(art, graph="model", flavor=RTX, engine=step.name)
     with pytest.raises(ArtifactError, match="no graph 'other'"):
         build_engine(art, graph="other", flavor=RTX)
+
+
+def test_an_opt_override_at_the_full_context_builds(tmp_path, gpt2_artifact):
+    """seq's opt at the context (64) leaves past's opt 0: TensorRT-RTX builds it. Clamping `past + seq` alone used to
+    give opt shapes that break the graph's relation ("kOPT values for profile 0 violate shape constraints")."""
+    art = copy_of(gpt2_artifact, tmp_path)
+    built = build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["seq=1:64:64"])
+    dims = built.record.profiles[0]["dims"]
+    assert dims["seq"]["opt"] == 64 and dims["past"]["opt"] == 0 and dims["past + seq"]["opt"] == 64
+    with pytest.raises(InputError, match="the opt sizes of past \\+ seq \\(past 40, seq 30\\) make 70"):
+        build_engine(art, flavor=RTX, compute_capability=["8.6"], profile=["seq=1:30:64", "past=0:40:63"])
+    assert list(manifest(art)["engines"]) == [built.name]
+
+
+def test_tensorrt_rtx_engines_are_configured_for_stream_capture(tmp_path):
+    """TensorRT-RTX captures a context in a CUDA graph only when its engine was built with REQUIRE_USER_ALLOCATION;
+    full TensorRT has no such requirement (and 10.x no such flag)."""
+    art = toy_artifact(tmp_path / "toy")
+    rtx = flavors.load(RTX)
+    assert capture_flag(rtx) is trt.BuilderFlag.REQUIRE_USER_ALLOCATION
+    assert capture_flag(flavors.Toolkit(flavors.FLAVORS["tensorrt"], trt)) is None
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(art / "model.onnx"))
+    graph = Artifact.load(art).graph()
+    config = configure(rtx, builder, network, profiles.resolve(graph), flavors.targets(rtx, ["8.6"]))
+    assert config.get_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION) and config.num_optimization_profiles == 1
+    assert builder.build_serialized_network(network, config) is not None  # every family builds so (above)
+
+
+def test_full_tensorrt_that_inlines_the_plugin_form_fails_the_build(tmp_path):
+    """TensorRT before 10.7 inlines a plugin-form node's local function even with the plugin registered, and the engine
+    would run without plugins under the plugin form's name. TensorRT-RTX's parser inlines them too (it has no plugin
+    layers), so it stands in for such a TensorRT here: driven as a flavor with plugin layers, the build must fail."""
+    import trtformer
+    from trtformer.engines.build import compile_engine, plugin_layers
+
+    art = trtformer.export("tiny-transfo-xl", tmp_path / "xl", form="plugin", reference=False)
+    m = Artifact.load(art).manifest
+    inlining = flavors.Toolkit(flavors.FLAVORS["tensorrt"], trt)
+    targets = flavors.Targets(("8.6",), (trt.ComputeCapability.SM86,))
+    message = ("made 0 plugin layers of the 2 plugin-form nodes (RelPositionAttention (2 nodes)): it inlined their local "
+               "functions instead of using the registered plugins")  # fmt: skip
+    with pytest.raises(EngineError, match=re.escape(message)) as info:
+        compile_engine(inlining, art / "model.onnx", profiles.resolve(m.graph()), targets, plugins=m.plugins)
+    assert "TensorRT >= 10.7" in info.value.hint
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(art / "model.onnx")) and plugin_layers(trt, network) == 0
+    # The real flavor of the same module builds it, inlined, and records no plugin layers.
+    assert build_engine(art, flavor=RTX, compute_capability=["8.6"]).record.plugins == ()
+    assert inlining.plugin_problem().endswith("instead of using the plugins (needs >= 10.7)")  # its 1.7 reads as < 10.7
 
 
 # ---------------------------------------------------------------------------------------------- timing cache

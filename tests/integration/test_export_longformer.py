@@ -146,6 +146,13 @@ def test_plugin_form_has_one_node_per_layer_and_a_function_per_attribute_set(art
         assert attrs == {"window": window, "dilations": dilations, "scale": 0.25, "plugin_namespace": b"trtformer",
                          "plugin_version": b"1", "plugin_name": b"SlidingWindowAttention"}  # fmt: skip
         assert len(node.input) == 8 and len(node.output) == 1
+    # TensorRT plugins take no BOOL: the masks reach each node through a Cast to INT32, and the bodies take INT32.
+    made_by = {o: n for n in graph.graph.node for o in n.output}
+    typed = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(graph).graph.value_info}
+    for node in nodes:
+        casts = [made_by[name] for name in node.input[6:]]
+        assert [(c.op_type, c.attribute[0].i) for c in casts] == [("Cast", onnx.TensorProto.INT32)] * 2
+        assert [typed[name] for name in node.input] == [onnx.TensorProto.FLOAT] * 6 + [onnx.TensorProto.INT32] * 2
     functions = {f.name: f for f in graph.functions if f.domain == "trtformer"}
     assert sorted(functions) == sorted(OP_TYPES)
     for fn in functions.values():

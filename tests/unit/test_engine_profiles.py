@@ -113,3 +113,32 @@ def test_compute_capability_spellings(text, label):
 def test_bad_compute_capability_is_an_input_error():
     with pytest.raises(InputError, match="'ampere' is not like 8.6"):
         parse_capability("ampere")
+
+
+def test_an_opt_override_shrinks_the_opts_of_the_parts_left_free():
+    """seq's opt at the full context leaves no room for a past: its opt becomes 0, so that every opt shape is one the
+    graph can take (TensorRT refuses `past + seq` opt values that break the relation)."""
+    p = resolve(gpt_manifest(), ["seq=1:64:64"])
+    assert p.dims["seq"] == DimRange(1, 64, 64) and p.dims["past"] == DimRange(0, 0, 63)
+    assert p.dims["past + seq"] == DimRange(1, 64, 64)
+    assert p.shapes["past.0.key"]["opt"] == (1, 4, 0, 16) and p.shapes["attention_mask"]["opt"] == (1, 64)
+    p = resolve(gpt_manifest(), ["seq=1:40:64"])
+    assert p.dims["past"] == DimRange(0, 24, 63) and p.dims["past + seq"].opt == 64  # shrunk just enough
+    assert resolve(gpt_manifest(), ["past=0:10:63"]).dims["seq"] == DimRange(1, 1, 64)  # fits: nothing shrinks
+
+
+@pytest.mark.parametrize("n_positions", [64, 100])
+def test_every_corner_keeps_the_derived_dim_equal_to_its_parts(n_positions):
+    """For any override of seq, the opt (and min) corners of `past + seq` are the sum of the parts' corners."""
+    for opt in range(1, n_positions + 1, 7):
+        p = resolve(gpt_manifest(n_positions), [f"seq=1:{opt}:{n_positions}"])
+        for corner in ("min", "opt"):
+            parts = getattr(p.dims["past"], corner) + getattr(p.dims["seq"], corner)
+            assert getattr(p.dims["past + seq"], corner) == parts <= n_positions
+
+
+def test_overrides_whose_opts_cannot_fit_are_refused_before_a_build():
+    with pytest.raises(InputError, match=re.escape("the opt sizes of past + seq (past 40, seq 30) make 70, above the "
+                                                   "model's limit 64")) as info:  # fmt: skip
+        resolve(gpt_manifest(), ["past=0:40:63", "seq=1:30:64"])
+    assert "trtformer info" in info.value.hint

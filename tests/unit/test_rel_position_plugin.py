@@ -22,6 +22,7 @@ from trtformer.ops.identity import NAMESPACE, VERSION
 from trtformer.ops.rel_position import IDENTITY, OP, reference
 from trtformer.plugins import registry
 from trtformer.plugins.rel_position import trt as plugin
+from trtformer.runtime.backends.buffers import address
 
 A = attrs(mem_len=6, same_length=True, clamp_len=3, pre_lnorm=True)
 FIELDS = plugin.encode_attributes(A)
@@ -93,6 +94,19 @@ def test_format_rule():
     assert not plugin.format_supported(10, [f16] * 10 + [f32], True)  # the new memory has hidden's dtype
 
 
+def test_the_plugin_form_refuses_bf16_before_writing_anything(tmp_path, capsys):
+    """The plugins compute in fp32 and fp16, so a bf16 plugin form would export and then fail in every full-TensorRT
+    build: it is refused up front, and the portable form named."""
+    from trtformer.cli import main
+
+    out = tmp_path / "xl"
+    code = main(["export", "tiny-transfo-xl", "-o", str(out), "--form", "plugin", "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert "the plugin form of trtformer::rel_position_attention takes float32 and float16 tensors, and this model " \
+           "gives it bfloat16" in err and "--form portable" in err
+
+
 # ---------------------------------------------------------------------------------------------- TensorRT
 
 
@@ -145,6 +159,9 @@ def test_engine_with_plugin_matches_eager_op():
     config.add_optimization_profile(profile)
     engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
     context = engine.create_execution_context()
+    # setTensorAddress needs a valid address for every input, an empty one included (mlen 0: data_ptr() is 0): bind
+    # a placeholder as the tensorrt backend does.
+    placeholder = torch.empty(256, dtype=torch.uint8, device="cuda")
     for qlen, mlen in [(5, 3), (1, 0), (9, 12)]:
         x = {k: v.cuda() for k, v in make_inputs(qlen, mlen, seed=qlen).items()}
         want = reference(**x, **A)
@@ -152,7 +169,7 @@ def test_engine_with_plugin_matches_eager_op():
         for name, value in [*x.items(), *zip(plugin.OUTPUTS, got, strict=True)]:
             if name in x:
                 context.set_input_shape(name, tuple(value.shape))
-            context.set_tensor_address(name, value.data_ptr())
+            context.set_tensor_address(name, address(value, placeholder))
         assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
         torch.cuda.synchronize()
         assert all((g - w).abs().max() <= 1e-5 for g, w in zip(got, want, strict=True))

@@ -94,11 +94,13 @@ def test_format_rule():
     assert ok(0, [f16], True) and ok(0, [f32], True)
     assert not ok(0, [f16], False) and not ok(0, ["int32"], True) and not ok(0, ["bfloat16"], True)
     assert ok(5, [f16] * 6, True) and not ok(3, [f16, f16, f16, f32], True)  # one dtype for the activations
-    for mask in ("bool", "int32", "int64", f32, f16):  # the masks: any of these, each on its own
-        assert ok(6, [f16] * 6 + [mask], True) and ok(7, [f32] * 6 + ["bool", mask], True)
-    assert not ok(6, [f16] * 6 + ["int8"], True) and not ok(7, [f16] * 6 + ["bool", "bool"], False)
-    assert ok(8, [f16] * 6 + ["bool", "int64", f16], True)  # the output: the activations' dtype
-    assert not ok(8, [f16] * 6 + ["bool", "bool", f32], True)
+    for mask in ("int32", "int64", f32, f16):  # the masks: any of these, each on its own
+        assert ok(6, [f16] * 6 + [mask], True) and ok(7, [f32] * 6 + ["int32", mask], True)
+    for mask in ("bool", "uint8", "int8"):  # TensorRT plugins take no BOOL or UINT8 (PluginTensorDesc::type)
+        assert not ok(6, [f16] * 6 + [mask], True) and not ok(7, [f16] * 6 + ["int32", mask], True)
+    assert not ok(7, [f16] * 6 + ["int32", "int32"], False)
+    assert ok(8, [f16] * 6 + ["int32", "int64", f16], True)  # the output: the activations' dtype
+    assert not ok(8, [f16] * 6 + ["int32", "int32", f32], True)
     assert plugin.MASKS == (6, 7) and plugin.V == 2
 
 
@@ -142,9 +144,29 @@ def test_plugin_classes_with_a_stand_in_tensorrt(fake_trt):
     expr = SimpleNamespace(constant=lambda c: c, operation=lambda op, a, b: (op.name, a, b))
     assert made.get_output_shapes([["b", 4, "n", 8]] * 6 + [["b", "n"]] * 2, [], expr) == [["b", 4, "n", 8]]
     io = [SimpleNamespace(desc=SimpleNamespace(type=trt.DataType[t], format=trt.TensorFormat.LINEAR))
-          for t in ["HALF"] * 6 + ["BOOL", "INT64", "HALF"]]  # fmt: skip
+          for t in ["HALF"] * 6 + ["INT32", "INT32", "HALF"]]  # fmt: skip
     assert all(made.supports_format_combination(i, io, 8) for i in range(9))
+    io[6].desc.type = trt.DataType.BOOL  # what the exporter gave the plugin before it cast the masks
+    assert not made.supports_format_combination(6, io, 8)
     assert made.get_output_data_types([trt.DataType.HALF] * 8) == [trt.DataType.HALF]
+
+
+def test_the_plugin_holds_what_tensorrt_reads_after_a_call(fake_trt):
+    """get_fields_to_serialize's PluginFields point into arrays the plugin keeps (TensorRT reads them after the call
+    returns), and the device copy enqueue needs is made beforehand by `prepare` (enqueue may be captured)."""
+    pytest.importorskip("triton", reason="the plugin runs the Triton kernel (pip install 'trtformer[triton]')")
+    from trtformer.plugins.sliding_window import triton as kernels
+
+    creator = plugin.register()
+    assert all(f.data is creator.declared[f.name] for f in creator.field_names)
+    made = creator.create_plugin(NAME, plugin.field_collection(fake_trt, FIELDS), None)
+    served = made.get_fields_to_serialize()
+    assert served is made.serialized and all(f.data is made.fields[f.name] for f in served)
+    assert getattr(kernels, plugin.SPEC.prepare) is kernels.prepare
+    kernels._dilation_tensor.cache_clear()
+    kernels.prepare(A, torch.device("cpu"))
+    made_before = kernels._dilation_tensor(tuple(A["dilations"]), torch.device("cpu"))
+    assert kernels._dilation_tensor.cache_info().hits == 1 and made_before.tolist() == A["dilations"]
 
 
 # ---------------------------------------------------------------------------------------------- TensorRT
@@ -178,9 +200,9 @@ def test_engine_with_plugin_matches_eager_op():
     profile = builder.create_optimization_profile()
     tensors = []
     for i, name in enumerate(plugin.TENSORS):
-        mask = i in plugin.MASKS  # [batch, seq] bool, as the exported graph passes them
+        mask = i in plugin.MASKS  # [batch, seq] int32, as the exported graph passes them
         shape = (-1, -1) if mask else (-1, heads, -1, head_dim)
-        tensors.append(network.add_input(name, trt.bool if mask else trt.float32, shape))
+        tensors.append(network.add_input(name, trt.int32 if mask else trt.float32, shape))
         at = (lambda b, s: (b, s)) if mask else (lambda b, s: (b, heads, s, head_dim))
         profile.set_shape(name, at(1, 1), at(2, 16), at(4, 64))
     made = creator.create_plugin(NAME, plugin.field_collection(trt, FIELDS), trt.TensorRTPhase.BUILD)
@@ -195,7 +217,7 @@ def test_engine_with_plugin_matches_eager_op():
              Case(4, 64, 8, tuple(A["dilations"]), ((0, 5), (2, 0), (2, 63)), (64, 0, 50, 1))]  # fmt: skip
     for case in cases:
         x, _ = case.inputs(seed=case.seq, device="cuda")
-        x = [t.contiguous() for t in x]
+        x = [t.to(torch.int32) if i in plugin.MASKS else t.contiguous() for i, t in enumerate(x)]
         want = sliding_window_reference(*x, **A)
         got = torch.empty_like(want)
         for name, value in [*zip(plugin.TENSORS, x, strict=True), (plugin.OUTPUTS[0], got)]:

@@ -290,6 +290,66 @@ def test_close_frees_in_dependency_order_and_later_calls_are_refused():
             call()
 
 
+# ---------------------------------------------------------------------------------------------- capture
+
+
+class Context:
+    """An IExecutionContext as far as _capture touches it; `capturable` None: full TensorRT, which has no
+    is_stream_capturable (only TensorRT-RTX >= 1.2 does)."""
+
+    def __init__(self, capturable: bool | None):
+        self.enqueued = 0
+        if capturable is not None:
+            self.is_stream_capturable = lambda stream: capturable
+
+    def execute_async_v3(self, stream):
+        self.enqueued += 1
+        return True
+
+
+def capturing_backend(context: Context):
+    """A backend with a graph cache and CUDA graphs that record nothing (no CUDA here)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import trtformer.trt.logger
+    from trtformer.runtime.backends.tensorrt import TensorRTBackend
+
+    b = TensorRTBackend.__new__(TensorRTBackend)
+    b.engine_name, b.context, b.graphs = "engines/x.engine", context, GraphCache()
+    b.stream = SimpleNamespace(cuda_stream=7)
+    b.logger = trtformer.trt.logger.make_logger(pytest.importorskip("tensorrt_rtx"))
+    b._torch = SimpleNamespace(cuda=SimpleNamespace(CUDAGraph=object, graph=lambda g, stream: contextlib.nullcontext()))
+    return b
+
+
+def test_capture_asks_for_capturability_only_where_tensorrt_can_tell():
+    """Full TensorRT's contexts have no is_stream_capturable: the capture is tried (it used to raise AttributeError on
+    the second step of a repeated shape). TensorRT-RTX says beforehand, and a refusal leaves the shapes eager."""
+    for capturable, captured in ((None, True), (True, True), (False, False)):
+        backend = capturing_backend(Context(capturable))
+        backend._capture("key", {}, {})
+        assert ("key" in backend.graphs.graphs) is captured and backend.context.enqueued == int(captured)
+        assert ("key" in backend.graphs.refused) is not captured
+
+
+def test_one_logger_per_flavor_and_each_call_reads_its_own_errors():
+    """TensorRT keeps the first logger it was given while a builder or runtime lives, so every build and backend of a
+    flavor shares one; each reads only the errors logged since its mark."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from trtformer.trt.logger import make_logger
+
+    logger = make_logger(trt)
+    assert make_logger(trt) is logger
+    logger.log(trt.ILogger.Severity.ERROR, "an older build's error")
+    mark = logger.mark()
+    assert logger.last_errors(since=mark) == "no message from TensorRT"
+    logger.log(trt.ILogger.Severity.ERROR, "this build's error")
+    logger.log(trt.ILogger.Severity.WARNING, "a warning")
+    assert logger.last_errors(since=mark) == "this build's error"
+    assert logger.last_errors().endswith("an older build's error | this build's error")
+
+
 # ---------------------------------------------------------------------------------------------- on a GPU
 
 

@@ -3,6 +3,10 @@
 One code path for both flavors: a strongly typed network (precision lives in the ONNX), the ONNX parser,
 one optimisation profile from the graph's dims, the compute capability targets, and
 `build_serialized_network`. TensorRT's own messages and build phases go to logging, never to stdout.
+
+Full TensorRT builds a plugin-form artifact with the trtformer plugins registered, and the parsed network must hold
+one plugin layer per plugin-form node (`check_plugin_layers`), else the build fails. TensorRT-RTX engines are built
+with REQUIRE_USER_ALLOCATION where the flag exists, which its stream capture (the backend's CUDA graphs) needs.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import Artifact, EngineRecord
+from ..artifact import Artifact, EngineRecord, PluginRecord
 from ..errors import EngineError
 from ..trt import flavors
 from ..trt.flavors import Targets, Toolkit
@@ -93,6 +98,32 @@ def parser_failure(parser, onnx_name: str, logged: str = "") -> EngineError:
                        hint="export the portable form, or a model whose ops TensorRT supports")
 
 
+def plugin_layers(trt, network) -> int:
+    """How many layers of the parsed network are V3 plugin layers."""
+    kind = getattr(trt.LayerType, "PLUGIN_V3", None)
+    return 0 if kind is None else sum(network.get_layer(i).type == kind for i in range(network.num_layers))
+
+
+def check_plugin_layers(kit: Toolkit, network, expected: Sequence[PluginRecord]) -> list[str]:
+    """The plugins whose layers the parsed network holds: every plugin-form node must have become a plugin layer.
+
+    TensorRT's ONNX importer prefers a registered plugin over the node's local function only from 10.7 on; before, it
+    inlines the function without a word, and the engine would run the portable body under a plugin-form name. Raises
+    EngineError when the network holds fewer (or more) plugin layers than the graph has plugin-form nodes."""
+    want = sum(p.nodes for p in expected)
+    found = plugin_layers(kit.trt, network)
+    if found != want:
+        names = ", ".join(f"{p.name} ({p.nodes} nodes)" for p in expected)
+        raise EngineError(
+            f"{kit.label} made {found} plugin layers of the {want} plugin-form nodes ({names}): "
+            + ("it inlined their local functions instead of using the registered plugins" if found < want else
+               "the network has plugin layers the artifact does not list"),
+            hint="install TensorRT >= 10.7 (pip install 'trtformer[tensorrt]'), which prefers registered plugins, or "
+                 "export the portable form",
+        )  # fmt: skip
+    return [p.name for p in expected]
+
+
 def _network_flags(trt) -> int:
     # Precision is in the ONNX: strongly typed networks keep it (and are the only kind TensorRT 11 and RTX build).
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -129,28 +160,52 @@ def save_timing_cache(config, path: Path) -> None:
     tmp.replace(path)
 
 
-def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Targets, timing_cache: Path | None = None):
-    """Parse, configure and build; returns the serialized engine (a buffer). Raises EngineError on failure."""
-    trt = kit.trt
-    logger = make_logger(trt)
-    try:
-        builder = trt.Builder(logger)
-    except (TypeError, RuntimeError) as exc:  # pybind reports a failed constructor as one of these
-        raise EngineError(f"{kit.label} cannot create a builder: {logger.last_errors()}") from exc
-    network = builder.create_network(_network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    t0 = time.perf_counter()
-    # parse_from_file finds external data next to the graph.
-    if not parser.parse_from_file(str(onnx_path)):
-        raise parser_failure(parser, onnx_path.name, logger.last_errors())
-    log.info("parsed %s (%d layers) in %.1f s", onnx_path.name, network.num_layers, time.perf_counter() - t0)
+def capture_flag(kit: Toolkit):
+    """The builder flag TensorRT-RTX's stream capture needs (REQUIRE_USER_ALLOCATION, from RTX 1.2), or None.
+
+    TensorRT-RTX refuses to capture an engine that may allocate while it runs (`is_stream_capturable` says so), and
+    the tensorrt backend captures CUDA graphs; full TensorRT captures without it. Every trtformer family builds with
+    it; RTX documents that a network needing run-time allocation (NonZero, loops) then fails to build."""
+    return getattr(kit.trt.BuilderFlag, "REQUIRE_USER_ALLOCATION", None) if kit.ahead_of_time else None
+
+
+def configure(kit: Toolkit, builder, network, profile: Profile, targets: Targets):
+    """The builder config of a parsed network: stream capture (RTX), the optimisation profile, the targets."""
     config = builder.create_builder_config()
+    if (flag := capture_flag(kit)) is not None:
+        config.set_flag(flag)
     _add_profile(builder, config, network, profile)
     if targets.values:
         config.num_compute_capabilities = len(targets.values)
         for i, value in enumerate(targets.values):
             if not config.set_compute_capability(value, i):
                 raise EngineError(f"{kit.label} rejected compute capability {targets.labels[i]}")
+    return config
+
+
+def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Targets, timing_cache: Path | None = None,
+                   plugins: Sequence[PluginRecord] = ()) -> tuple[object, list[str]]:  # fmt: skip
+    """Parse, configure and build; returns the serialized engine (a buffer) and the plugins whose layers it holds.
+
+    plugins: the plugin-form nodes that must become plugin layers (full TensorRT with the plugins registered).
+    Raises EngineError on failure."""
+    trt = kit.trt
+    logger = make_logger(trt)
+    since = logger.mark()
+    errors = lambda: logger.last_errors(since=since)  # noqa: E731
+    try:
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as exc:  # pybind reports a failed constructor as one of these
+        raise EngineError(f"{kit.label} cannot create a builder: {errors()}") from exc
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    t0 = time.perf_counter()
+    # parse_from_file finds external data next to the graph.
+    if not parser.parse_from_file(str(onnx_path)):
+        raise parser_failure(parser, onnx_path.name, errors())
+    log.info("parsed %s (%d layers) in %.1f s", onnx_path.name, network.num_layers, time.perf_counter() - t0)
+    found = check_plugin_layers(kit, network, plugins) if plugins else []
+    config = configure(kit, builder, network, profile, targets)
     use_timing_cache = timing_cache is not None and not kit.ahead_of_time
     if timing_cache is not None and kit.ahead_of_time:
         log.warning("%s ignores timing caches (their operations are no-ops since 1.2); %s is left as it is", kit.label, timing_cache)
@@ -161,11 +216,10 @@ def compile_engine(kit: Toolkit, onnx_path: Path, profile: Profile, targets: Tar
     log.info("building with %s for compute capability %s; profile %s", kit.label, ", ".join(targets.labels), profile.summary())
     data = builder.build_serialized_network(network, config)
     if data is None:
-        raise EngineError(f"{kit.label} failed to build the engine: {logger.last_errors()}",
-                          hint="run with -v for TensorRT's messages")
+        raise EngineError(f"{kit.label} failed to build the engine: {errors()}", hint="run with -v for TensorRT's messages")
     if use_timing_cache:
         save_timing_cache(config, timing_cache)
-    return data
+    return data, found
 
 
 def build_engine(
@@ -197,9 +251,14 @@ def build_engine(
         log.info("%s is up to date (same ONNX, %s, targets and profile)", name, kit.label)
         return EngineBuild(art.path / name, name, record, True, 0.0)
     onnx_path = art.model_path("plain", spec.name)
-    plugins = register_plugins(art.manifest) if kit.plugin_layers else []
+    # Full TensorRT: the plugins go in before parsing, so that each plugin-form node becomes one plugin layer, which
+    # compile_engine counts. TensorRT-RTX has no plugin layers and inlines the nodes' local functions.
+    expected = art.manifest.plugins if kit.plugin_layers else ()
+    if expected:
+        register_plugins(art.manifest)
     t0 = time.perf_counter()
-    data = compile_engine(kit, onnx_path, prof, targets, Path(timing_cache) if timing_cache is not None else None)
+    data, plugins = compile_engine(kit, onnx_path, prof, targets, Path(timing_cache) if timing_cache is not None else None,
+                                   expected)  # fmt: skip
     seconds = time.perf_counter() - t0
     view = memoryview(data)
     record = cache.make_record(key=key, sha256=hashlib.sha256(view).hexdigest(), nbytes=view.nbytes, kit=kit,

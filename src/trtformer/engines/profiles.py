@@ -4,7 +4,13 @@ Dims come from the graph's `dims`; a dim whose max is None (batch, choices) gets
 as "past + seq" or "min(16, mem + seg)" follow their parts (sums and minima grow with them), clamped to the
 graph's `limits`. With the parts clamped together, the max corner of a derived dim can be smaller than the
 sum of its parts' maxima (past 127 and seq 128 under a context of 128): each input still gets the full range it
-can see, and TensorRT checks the real shapes at run time.
+can see, and TensorRT checks the real shapes at run time (it only warns about such a max corner).
+
+The opt corner is different: TensorRT refuses a profile whose opt values break a shape relation of the graph
+("kOPT values for profile 0 violate shape constraints"). So a derived dim's opt is never clamped on its own:
+when its parts' opts add up past the limit, the opts of the parts the user did not set shrink until they fit
+(`seq=1:128:128` on a context of 128 makes past's opt 0), and when the parts the user set already exceed it, the
+override is refused before any build.
 """
 
 from __future__ import annotations
@@ -107,17 +113,46 @@ def _base_dims(graph: GraphSpec, overrides: dict[str, DimRange]) -> dict[str, Di
     return out
 
 
-def _derived(expr: str, base: dict[str, DimRange], limit: int | None) -> DimRange:
+def _corner(expr: str, base: dict[str, DimRange], corner: str) -> int:
+    return expressions.evaluate(expr, {k: getattr(r, corner) for k, r in base.items()})
+
+
+def _check_parts(expr: str, base: dict[str, DimRange], limit: int | None) -> None:
     unknown = [t for t in expressions.symbols(expr) if t not in base]
     if unknown:
         raise ArtifactError(f"the manifest's inputs use the dim {unknown[0]!r} (in {expr!r}) but its dims do not describe it")
+    if limit is not None and (lo := _corner(expr, base, "min")) > limit:
+        raise _bad(f"--profile: the minima of {expr} add up to {lo}, above the model's limit {limit}")
+
+
+def _derived(expr: str, base: dict[str, DimRange], limit: int | None) -> DimRange:
+    _check_parts(expr, base, limit)
     # Sums and min() both grow with their parts, so each corner of the expression is the expression of the corners.
-    lo, opt, hi = (expressions.evaluate(expr, {k: getattr(r, corner) for k, r in base.items()}) for corner in ("min", "opt", "max"))
-    if limit is not None:
-        if lo > limit:
-            raise _bad(f"--profile: the minima of {expr} add up to {lo}, above the model's limit {limit}")
-        hi, opt = min(hi, limit), min(opt, limit)
-    return DimRange(lo, opt, hi)
+    lo, opt, hi = (_corner(expr, base, corner) for corner in ("min", "opt", "max"))
+    # The max corner is clamped on its own (see the module docstring); opt already fits, _fit_opts shrank its parts.
+    return DimRange(lo, opt, hi if limit is None else min(hi, limit))
+
+
+def _fit_opts(expr: str, base: dict[str, DimRange], limit: int, fixed: set[str]) -> None:
+    """Shrink the opts of `expr`'s parts that are not in `fixed` (the user's overrides), last part first, until the
+    expression's opt is within `limit`; refuse the overrides when that is not enough. Changes `base` in place."""
+    _check_parts(expr, base, limit)
+    parts = expressions.symbols(expr)
+    for name in reversed([p for p in parts if p not in fixed]):
+        if _corner(expr, base, "opt") <= limit:
+            return
+        rng = base[name]
+        lo, hi = rng.min, rng.opt  # the largest opt in [min, opt] that fits; the expression grows with it
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            base[name] = DimRange(rng.min, mid, rng.max)
+            lo, hi = (mid, hi) if _corner(expr, base, "opt") <= limit else (lo, mid - 1)
+        base[name] = DimRange(rng.min, lo, rng.max)
+    total = _corner(expr, base, "opt")
+    if total > limit:
+        opts = ", ".join(f"{p} {base[p].opt}" for p in parts)
+        raise _bad(f"--profile: the opt sizes of {expr} ({opts}) make {total}, above the model's limit {limit}; "
+                   "TensorRT needs every opt shape to be one the model can take: lower an opt")
 
 
 def resolve(graph: GraphSpec, overrides: Iterable[str] | Mapping[str, DimRange] | None = None) -> Profile:
@@ -132,7 +167,11 @@ def resolve(graph: GraphSpec, overrides: Iterable[str] | Mapping[str, DimRange] 
             known = ", ".join(graph.dims) or "none"
             raise _bad(f"--profile {name}: the model has no such dim (dims: {known})")
     dims = _base_dims(graph, wanted)
-    for expr in sorted(symbols - set(dims)):
+    derived = sorted(symbols - set(dims))
+    for expr in derived:  # only shrinks opts, so a constraint met stays met
+        if (limit := graph.limits.get(expr)) is not None:
+            _fit_opts(expr, dims, limit, set(wanted))
+    for expr in derived:
         dims[expr] = _derived(expr, dims, graph.limits.get(expr))
     shapes = {}
     for t in graph.inputs:

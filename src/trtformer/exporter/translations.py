@@ -21,6 +21,11 @@ Facts this module is built on (DESIGN.md, and seen here with onnx 1.23, onnxscri
   TensorRT plugin name that the plugin registry registers under every op type the manifest lists. Making
   window and dilations tensor inputs of one body instead would turn every band shape (block size, unfold
   width, interleave lengths) into a data-dependent size, which TensorRT cannot build with.
+- TensorRT plugins take no BOOL (nor UINT8) tensors (`PluginTensorDesc::type`), so a bool argument of a fused op
+  (Longformer's masks) reaches the node as INT32: a Cast before the node, and the function traced with an INT32
+  input, so that ONNX Runtime and TensorRT-RTX run the same body. The op reads its masks through `!= 0`.
+- The plugins run fp32 and fp16 only (their Triton kernels and format rules), so the plugin form is refused for
+  other float types (bf16) before anything is written: the portable form runs bf16 everywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from ..ops import rel_position, sliding_window
 from ..ops.identity import OpIdentity, arguments
 
 DOMAIN_VERSION = 1
+# Tensor types a TensorRT plugin cannot take -> the one the plugin-form node gets instead (see the module docstring)
+PLUGIN_CASTS = {torch.bool: torch.int32, torch.uint8: torch.int32}
+ONNX_TYPES = {torch.int32: onnx.TensorProto.INT32}  # the cast targets above
+PLUGIN_FLOATS = (torch.float32, torch.float16)  # what the plugins compute in
 TENSOR_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int64)", "tensor(int32)", "tensor(bool)"]
 _A = defs.OpSchema.AttrType
 # torch schema type -> ONNX attribute type; bools become ints (ONNX has no bool attribute).
@@ -115,8 +124,14 @@ def bind(op, args: tuple, kwargs: dict) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- function bodies
 
 
+def node_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type a plugin-form node (and its function) takes for an argument of `dtype`."""
+    return PLUGIN_CASTS.get(dtype, dtype)
+
+
 def _example(fakes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Tensors of each meta value's example sizes, and one Dim per symbol (shared where the call shares it)."""
+    """Tensors of each meta value's example sizes and node dtype, and one Dim per symbol (shared where the call
+    shares it)."""
     dims: dict[str, Any] = {}
     examples, dynamic = [], []
     for fake in fakes:
@@ -130,7 +145,7 @@ def _example(fakes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[dict]]
                 shape.append(d.node.hint)
             else:
                 shape.append(d)
-        examples.append(torch.zeros(shape, dtype=fake.dtype))
+        examples.append(torch.zeros(shape, dtype=node_dtype(fake.dtype)))
         dynamic.append(axes)
     return examples, dynamic
 
@@ -201,6 +216,7 @@ def plugin_calls(program: torch.export.ExportedProgram) -> dict[Any, list[OpCall
         calls.setdefault(node.target, []).append(call)
     for op, mine in calls.items():
         t = TRANSLATIONS[op]
+        _check_plugin_floats(op, mine)
         for op_type in dict.fromkeys(t.op_type(c.attrs) for c in mine):
             same = [c for c in mine if t.op_type(c.attrs) == op_type]
             if len({c.signature() for c in same}) > 1:
@@ -212,6 +228,18 @@ def plugin_calls(program: torch.export.ExportedProgram) -> dict[Any, list[OpCall
                     hint="use --form portable",
                 )
     return calls
+
+
+def _check_plugin_floats(op, calls: list[OpCall]) -> None:
+    """Refuse float tensors the plugins do not compute in (bf16), naming the op and the dtype."""
+    other = sorted({str(x.dtype).removeprefix("torch.") for c in calls for x in c.tensors.values()
+                    if x.dtype.is_floating_point and x.dtype not in PLUGIN_FLOATS})  # fmt: skip
+    if other:
+        raise ExportError(
+            f"the plugin form of {op.name()} takes float32 and float16 tensors, and this model gives it {', '.join(other)}: "
+            "its TensorRT plugin and Triton kernels compute in float32 and float16 only",
+            hint="export --form portable (it runs bf16 on ONNX Runtime, TensorRT and TensorRT-RTX), or --precision fp16",
+        )
 
 
 def _register_schema(op, t: Translation, op_type: str) -> None:
@@ -237,7 +265,7 @@ def _register_schema(op, t: Translation, op_type: str) -> None:
 def onnx_table(calls: dict[Any, list[OpCall]]) -> dict[Any, Callable]:
     """torch.onnx's custom_translation_table: each op -> a function that emits its one custom-domain node (of the
     op type its attributes name)."""
-    from onnxscript import values
+    from onnxscript import opset18, values
 
     table = {}
     for op, mine in calls.items():
@@ -246,11 +274,14 @@ def onnx_table(calls: dict[Any, list[OpCall]]) -> dict[Any, Callable]:
             _register_schema(op, t, op_type)
         opset = values.Opset(t.domain, DOMAIN_VERSION)
         tensors, attrs = arguments(op)
+        # argument -> the ONNX type it is cast to before the node (bool masks -> INT32; see the module docstring)
+        casts = {n: ONNX_TYPES[node_dtype(x.dtype)] for c in mine for n, x in c.tensors.items() if x.dtype in PLUGIN_CASTS}
 
-        def translate(*args, _op=op, _t=t, _opset=opset, _tensors=tensors, _attrs=attrs, **kwargs):
+        def translate(*args, _op=op, _t=t, _opset=opset, _tensors=tensors, _attrs=attrs, _casts=casts, **kwargs):
             bound = bind(_op, args, kwargs)
             named = {n: bound[n] for n, _ in _attrs}
-            return getattr(_opset, _t.op_type(named))(*(bound[n] for n in _tensors), **_t.node_attributes(named))
+            inputs = [opset18.Cast(bound[n], to=_casts[n]) if n in _casts else bound[n] for n in _tensors]
+            return getattr(_opset, _t.op_type(named))(*inputs, **_t.node_attributes(named))
 
         table[op] = translate
     return table

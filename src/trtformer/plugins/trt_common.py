@@ -69,9 +69,9 @@ class AttributeCodec:
         fields = [trt.PluginField(n, data[n], types[FIELD_DTYPES[k]]) for n, k in self.fields if n in data]
         return trt.PluginFieldCollection(fields)
 
-    def declared(self, trt):
-        """The creator's field_names: every field, empty, with its type (the parser reads attributes by these)."""
-        return self.collection(trt, {n: np.array([], dtype=FIELD_DTYPES[k]) for n, k in self.fields})
+    def empty(self) -> dict[str, np.ndarray]:
+        """Every field, empty, with its type: the creator's field_names (the parser reads attributes by these)."""
+        return {n: np.array([], dtype=FIELD_DTYPES[k]) for n, k in self.fields}
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,9 @@ class PluginSpec:
     # Triton module that writes into given buffers
     function: str
     output_arguments: tuple[str, ...]
+    # a function of the Triton module called as prepare(attrs, device) when an execution context takes the plugin,
+    # before any enqueue: what enqueue must not create itself (it may run inside a CUDA graph capture)
+    prepare: str | None = None
 
 
 def as_tensor(trt, ptr: int, desc):
@@ -119,7 +122,9 @@ def plugin_classes(spec: PluginSpec) -> tuple[type, type]:
     trt = require("tensorrt", "tensorrt", f"the TensorRT plugin {spec.plugin.name}")
     import torch
 
-    run = getattr(spec.plugin.load_triton(), spec.function)
+    kernels = spec.plugin.load_triton()
+    run = getattr(kernels, spec.function)
+    prepare = getattr(kernels, spec.prepare) if spec.prepare else None
     bases = (trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime)
 
     class Plugin(*bases):
@@ -127,6 +132,10 @@ def plugin_classes(spec: PluginSpec) -> tuple[type, type]:
             for base in bases:  # pybind11 bases: each __init__ explicitly, as TensorRT's Python plugin samples do
                 base.__init__(self)
             self.attrs = dict(attrs)
+            # The arrays behind get_fields_to_serialize's PluginFields, held by the plugin: TensorRT reads them after
+            # that call returns, and a PluginField does not keep its array alive.
+            self.fields = spec.codec.encode(self.attrs)
+            self.serialized = None
             self.num_outputs = len(spec.outputs)
             self.plugin_name, self.plugin_namespace = name, spec.plugin.namespace
             self.plugin_version = spec.plugin.version
@@ -138,7 +147,8 @@ def plugin_classes(spec: PluginSpec) -> tuple[type, type]:
             return Plugin(self.attrs, self.plugin_name)
 
         def get_fields_to_serialize(self):
-            return spec.codec.collection(trt, spec.codec.encode(self.attrs))
+            self.serialized = spec.codec.collection(trt, self.fields)  # kept with its arrays, see __init__
+            return self.serialized
 
         def get_output_data_types(self, input_types):  # the format rules give every output the first input's type
             return [input_types[0]] * len(spec.outputs)
@@ -172,6 +182,9 @@ def plugin_classes(spec: PluginSpec) -> tuple[type, type]:
             pass
 
         def attach_to_context(self, context):
+            # The runtime phase starts here, outside any stream capture; enqueue may be captured in a CUDA graph.
+            if prepare is not None:
+                prepare(self.attrs, torch.device("cuda", torch.cuda.current_device()))
             return self.clone()
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
@@ -184,7 +197,8 @@ def plugin_classes(spec: PluginSpec) -> tuple[type, type]:
         def __init__(self, name: str = spec.plugin.name):
             trt.IPluginCreatorV3One.__init__(self)
             self.name, self.plugin_namespace, self.plugin_version = name, spec.plugin.namespace, spec.plugin.version
-            self.field_names = spec.codec.declared(trt)
+            self.declared = spec.codec.empty()  # held: the collection below points into these arrays
+            self.field_names = spec.codec.collection(trt, self.declared)
 
         def create_plugin(self, name, fc, phase):
             return Plugin(spec.codec.decode({f.name: f.data for f in fc}), self.name)

@@ -34,6 +34,9 @@ FLAVOR_CHOICES = ("auto", *FLAVORS)
 # NVIDIA builds TensorRT-RTX engines for Turing only on request: it holds back the other targets, and fp32
 # matmuls do not compile for it at all.
 RTX_OPT_IN = {"7.5"}
+# TensorRT's ONNX importer prefers a registered plugin over the node's local function from 10.7 on ("Now prioritizes
+# using plugins over local functions"); before, it inlines the function, and the plugin form runs without plugins.
+MIN_PLUGIN_VERSION = (10, 7)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,20 @@ class Toolkit:
     def ahead_of_time(self) -> bool:
         """True when the flavor targets named compute capabilities instead of the GPU it runs on."""
         return self.flavor.name == "tensorrt-rtx"
+
+
+    @property
+    def numeric_version(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", self.version)[:3])
+
+    def plugin_problem(self) -> str | None:
+        """Why this toolkit would not make trtformer's plugin-form nodes plugin layers, or None."""
+        if not self.plugin_layers:
+            return f"{self.label} has no plugin layers: it inlines the plugin form's local functions"
+        if self.numeric_version < MIN_PLUGIN_VERSION:
+            least = ".".join(map(str, MIN_PLUGIN_VERSION))
+            return f"{self.label} inlines the plugin form's local functions instead of using the plugins (needs >= {least})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -102,22 +119,43 @@ def _pick_auto() -> str:
 
 
 @functools.cache
-def device_capability(index: int = 0) -> str | None:
-    """Compute capability of CUDA device `index` from the driver API; None without a driver or a GPU.
-
-    ctypes on the driver library keeps this free of CUDA Python packages and of torch.
-    """
+def _driver():
+    """The CUDA driver library through ctypes, or None where there is none: free of CUDA Python packages and torch."""
     for name in ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so"):
         try:
-            lib = ctypes.CDLL(name)
-            break
+            return ctypes.CDLL(name)
         except OSError:
             continue
-    else:
+    return None
+
+
+def _device(index: int):
+    """(driver library, CUdevice) of CUDA device `index`, or None without a driver or such a GPU."""
+    lib, dev = _driver(), ctypes.c_int()
+    if lib is None or lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), index) != 0:
         return None
-    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), index) != 0:
+    return lib, dev
+
+
+@functools.cache
+def device_name(index: int = 0) -> str | None:
+    """The name of CUDA device `index` from the driver API; None without a driver or a GPU."""
+    found = _device(index)
+    if found is None:
         return None
+    lib, dev = found
+    name = ctypes.create_string_buffer(256)
+    return name.value.decode(errors="replace") if lib.cuDeviceGetName(name, len(name), dev) == 0 else None
+
+
+@functools.cache
+def device_capability(index: int = 0) -> str | None:
+    """Compute capability of CUDA device `index` from the driver API; None without a driver or a GPU."""
+    found = _device(index)
+    if found is None:
+        return None
+    lib, dev = found
+    major, minor = ctypes.c_int(), ctypes.c_int()
     # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
     if lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev):
         return None

@@ -192,8 +192,19 @@ def token_kinds(key_padding_mask: Tensor, global_mask: Tensor) -> tuple[Tensor, 
 
 @functools.cache
 def _dilation_tensor(dilations: tuple[int, ...], device: torch.device) -> Tensor:
-    """One device copy per (dilations, device): no host-to-device copy on every call (enqueue stays async)."""
+    """One device copy per (dilations, device): no host-to-device copy on every call (enqueue stays async).
+
+    A host-to-device copy cannot be captured in a CUDA graph: the TensorRT plugin makes this copy when an execution
+    context takes it (`prepare`), so a captured enqueue finds it here."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"the device copy of dilations {list(dilations)} would be made inside a CUDA graph capture; "
+                           "call prepare() before capturing")
     return torch.tensor(dilations, dtype=torch.int32, device=device)
+
+
+def prepare(attrs: dict, device: torch.device) -> None:
+    """Make what a call with `attrs` on `device` needs ahead of time (the TensorRT plugin's attach_to_context)."""
+    _dilation_tensor(tuple(attrs["dilations"]), device)
 
 
 def _strides(*tensors: Tensor) -> list[int]:

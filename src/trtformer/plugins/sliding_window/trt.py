@@ -1,8 +1,8 @@
 """TensorRT IPluginV3 for `trtformer::SlidingWindowAttention`: the plugin-form node's kernel inside an engine.
 
 One output, shaped and typed like v. The six activations share one float dtype (fp32 or fp16); the two masks come
-as the exported graph makes them (bool: `attention_mask != 0` and its `&` with the global mask) but any of bool,
-int32, int64, fp32 or fp16 is taken, nonzero meaning true. enqueue wraps TensorRT's device pointers as torch tensors
+as INT32, which the exporter casts them to (TensorRT plugins take no BOOL or UINT8 tensors: `PluginTensorDesc::type`),
+and int64, fp32 or fp16 are taken too, nonzero meaning true. enqueue wraps TensorRT's device pointers as torch tensors
 on TensorRT's stream and runs the Triton implementation straight into the output buffer.
 
 Attributes: window (INT32), dilations (an INT32 array, one per head) and scale (FLOAT32). The plugin-form nodes of a
@@ -25,7 +25,7 @@ PLUGIN = PLUGINS["SlidingWindowAttention"]
 TENSORS, FIELDS = PLUGIN.identity.tensors, PLUGIN.identity.attributes  # input names; (attribute, torch type) pairs
 OUTPUTS = PLUGIN.identity.outputs
 FLOAT_TYPES = ("float32", "float16")
-MASK_TYPES = ("bool", "int32", "int64", "float32", "float16")
+MASK_TYPES = ("int32", "int64", "float32", "float16")  # never bool: TensorRT plugins cannot take it
 MASKS = (TENSORS.index("key_padding_mask"), TENSORS.index("global_mask"))
 V = TENSORS.index("v")
 CODEC = AttributeCodec(PLUGIN.name, FIELDS)
@@ -49,7 +49,7 @@ def format_supported(pos: int, dtypes: Sequence[str], linear: bool) -> bool:
 
 
 SPEC = PluginSpec(PLUGIN, CODEC, OUTPUTS, lambda dims, attrs, ops: output_shapes(dims[V]), format_supported,
-                  "sliding_window_attention_into", ("out",))  # fmt: skip
+                  "sliding_window_attention_into", ("out",), prepare="prepare")  # fmt: skip
 plugin_classes = functools.partial(trt_common.plugin_classes, SPEC)  # (plugin, creator), built on first use
 # register(op_types=()): the creator under PLUGIN.name (returned) and under each given op type
 register = functools.partial(trt_common.register, SPEC)

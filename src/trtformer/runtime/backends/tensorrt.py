@@ -69,7 +69,8 @@ class TensorRTBackend:
         self.kit, self.engine_name = kit, stored.name
         self.device = torch.device("cuda", device_id)
         self.stream = torch.cuda.Stream(self.device)
-        self.logger = make_logger(kit.trt)  # kept: TensorRT does not hold the Python object
+        self.logger = make_logger(kit.trt)  # the process's logger for this flavor (TensorRT keeps the first one)
+        self._since = self.logger.mark()  # errors logged before are not this backend's
         with torch.cuda.device(self.device):  # TensorRT allocates on the current device
             self.runtime = kit.trt.Runtime(self.logger)
             self.engine = self.runtime.deserialize_cuda_engine(stored.data)
@@ -96,7 +97,11 @@ class TensorRTBackend:
                  ", CUDA graphs" if cuda_graphs else "")
 
     def _errors(self) -> str:
-        return self.logger.last_errors()
+        return self.logger.last_errors(since=self._since)
+
+    def _mark(self) -> None:
+        """Errors logged from now on are the next call's (the logger is shared by every backend of the process)."""
+        self._since = self.logger.mark()
 
     # --- lifetime ----------------------------------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class TensorRTBackend:
 
     def _set_shapes(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Set every input's shape on the context; return every output's shape."""
+        self._mark()
         problems = profile_problems(self.profile, shapes)
         if problems:
             raise InputError(f"{self.engine_name} was built for other shapes: {'; '.join(problems)}",
@@ -141,6 +147,7 @@ class TensorRTBackend:
 
     def _execute(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Bind every input and output (shapes already set) and enqueue on the backend's stream."""
+        self._mark()
         for name, tensor in tensors.items():
             self.context.set_tensor_address(name, address(tensor, self.placeholder))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -223,10 +230,17 @@ class TensorRTBackend:
 
     def _capture(self, key, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Capture the enqueue just run eagerly (same shapes and addresses, as TensorRT asks before a capture); its
-        buffers become the graph's. A failed capture leaves the key to run eagerly from then on."""
-        if not self.context.is_stream_capturable(self.stream.cuda_stream):
+        buffers become the graph's. A failed capture leaves the key to run eagerly from then on.
+
+        TensorRT-RTX (>= 1.2) says beforehand whether a context can be captured (`is_stream_capturable`: engines
+        built without REQUIRE_USER_ALLOCATION cannot); full TensorRT has no such query, so there the capture is tried
+        and a failure caught."""
+        self._mark()
+        capturable = getattr(self.context, "is_stream_capturable", None)
+        if capturable is not None and not capturable(self.stream.cuda_stream):
             self.graphs.refuse(key)
-            log.warning("%s cannot be captured in a CUDA graph on this stream; running it eagerly", self.engine_name)
+            log.warning("%s cannot be captured in a CUDA graph on this stream (%s); running it eagerly",
+                        self.engine_name, self._errors())
             return
         graph = self._torch.cuda.CUDAGraph()
         try:
