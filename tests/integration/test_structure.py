@@ -29,7 +29,7 @@ LAYERS = {
     "exporter": 5, "engines": 5,
     "runtime": 6,
     "parity": 7, "bench": 7, "serve": 7,
-    "cli": 8, "__init__": 8,
+    "cli": 8, "__init__": 8, "doctor": 8,
 }  # fmt: skip
 
 
