@@ -144,20 +144,30 @@ def generation_config(request: Request) -> GenerationConfig:
     return cfg
 
 
-class Generator:
-    """One prompt per request through `generate`; the generated ids (eos included when it stopped there)."""
+class OneAtATime:
+    """Requests run one after another (each is a whole generation or sequence), each to its result or its error."""
 
     def __init__(self, session: Session):
         self.session = session
 
     def __call__(self, requests: list[Request]) -> list[Result]:
-        return [self._one(r) for r in requests]
+        results = []
+        for request in requests:
+            try:
+                results.append(self.one(request))
+            except TrtformerError as exc:
+                results.append(exc)
+        return results
 
-    def _one(self, request: Request) -> Result:
-        try:
-            result = generate(self.session, [_token_row(request)], generation_config(request))
-        except TrtformerError as exc:
-            return exc
+    def one(self, request: Request) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class Generator(OneAtATime):
+    """One prompt per request through `generate`; the generated ids (eos included when it stopped there)."""
+
+    def one(self, request: Request) -> dict[str, np.ndarray]:
+        result = generate(self.session, [_token_row(request)], generation_config(request))
         return {"output_ids": np.array(result.tokens[0], np.int64), "finished": np.array(result.finished[:1])}
 
     def stream(self, request: Request, emit: Callable[[int], None]) -> None:
@@ -183,21 +193,12 @@ class _Tap:
         return self._session.step(feeds, state, fetch=fetch)
 
 
-class Scorer:
+class Scorer(OneAtATime):
     """One long sequence per request through `log_likelihood` (segments with the memory carried)."""
 
-    def __init__(self, session: Session):
-        self.session = session
-
-    def __call__(self, requests: list[Request]) -> list[Result]:
-        return [self._one(r) for r in requests]
-
-    def _one(self, request: Request) -> Result:
-        try:
-            seg_len = _scalar(request, "seg_len", int) if "seg_len" in request else None
-            result = log_likelihood(self.session, _token_row(request), seg_len)
-        except TrtformerError as exc:
-            return exc
+    def one(self, request: Request) -> dict[str, np.ndarray]:
+        seg_len = _scalar(request, "seg_len", int) if "seg_len" in request else None
+        result = log_likelihood(self.session, _token_row(request), seg_len)
         return {"log_likelihood": np.array([result.total_log_prob]), "nll": np.array([result.nll]),
                 "perplexity": np.array([result.perplexity]), "scored": np.array([result.scored], np.int64)}
 

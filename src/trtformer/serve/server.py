@@ -107,14 +107,12 @@ def backend_directory(dist: Distribution, workdir: Path) -> Path:
 def stub_environment() -> dict[str, str]:
     """The server's environment: the stub loads this interpreter's libpython and finds this environment's
     packages (the embedded interpreter locates its prefix from the first python on PATH)."""
-    import trtformer
-
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR")
     paths = [libdir] if libdir else []
     env["LD_LIBRARY_PATH"] = ":".join([*paths, *filter(None, [env.get("LD_LIBRARY_PATH")])])
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    package_root = str(Path(trtformer.__file__).parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the directory that holds this trtformer
     env["PYTHONPATH"] = ":".join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
