@@ -17,6 +17,7 @@ import numpy as np
 from ..artifact import shapes
 from ..artifact.examples import pad_rows
 from ..errors import InputError
+from .ids import id_rows
 
 
 @dataclass
@@ -37,6 +38,14 @@ class GenerationConfig:
     early_stopping: bool | str = False
 
     def check(self) -> None:
+        for name in ("temperature", "top_p"):  # nan passes every comparison below, and inf breaks the softmax
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+        for name in ("max_new_tokens", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be an integer, got {value!r}")
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -177,7 +186,7 @@ def special_tokens(cfg: GenerationConfig, config: dict) -> tuple[int | None, int
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], what: str = "prompt") -> list[list[int]]:
-    rows = [list(map(int, p)) for p in prompts]
+    rows = id_rows(f"{what}s", prompts)  # integers only: int(1.9999) would be another token
     if not rows or any(len(p) == 0 for p in rows):
         raise InputError(f"every {what} needs at least one token")
     return rows
