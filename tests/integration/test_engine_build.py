@@ -5,7 +5,6 @@ GPU, so nothing here deserializes one."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -83,23 +82,27 @@ def test_every_landed_family_builds_ahead_of_time(case, request, tmp_path):
 
         preset, form, precision = case
         art = trtformer.export(preset, tmp_path / "art", form=form, precision=precision, reference=False)
-    before, graph = manifest(art), Artifact.load(art).graph()
-    result = build_engine(art, flavor=RTX)
-
-    assert not result.cached and result.path == art / result.name and result.path.is_file()
-    assert result.name.startswith(f"engines/{RTX}-") and result.name.endswith(".engine")
+    before = manifest(art)
+    graphs = Artifact.load(art).manifest.graphs  # "model", or an encoder-decoder's encoder and decoder
+    for graph in graphs.values():
+        result = build_engine(art, graph=graph.name if len(graphs) > 1 else None, flavor=RTX)
+        prefix = "" if graph.name == "model" else f"{graph.name}-"
+        assert not result.cached and result.path == art / result.name and result.path.is_file()
+        assert result.name.startswith(f"engines/{prefix}{RTX}-") and result.name.endswith(".engine")
+        r = manifest(art)["engines"][result.name]
+        assert r["flavor"] == RTX and r["version"] == trt.__version__
+        assert {"8.6", "8.9", "12.0"} <= set(r["compute_capability"]) and "7.5" not in r["compute_capability"]
+        assert r["profiles"] == [profiles.resolve(graph).to_dict()] and r["graph"] == graph.name
+        onnx_name = graph.models["plain"]
+        assert r["onnx"] == onnx_name and r["onnx_sha256"] == before["files"][onnx_name]["sha256"]
+        assert r["plugins"] == []  # TensorRT-RTX has no plugin layers: a plugin-form graph's functions were inlined
+        assert r["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest() and r["bytes"] == result.path.stat().st_size
+        assert r["build_seconds"] < 30  # tiny models build in about half a second here
+        assert read_engine(art, graph=graph.name, flavor=RTX).data == result.path.read_bytes()
     m = manifest(art)
-    r = m["engines"][result.name]
-    assert r["flavor"] == RTX and r["version"] == trt.__version__
-    assert {"8.6", "8.9", "12.0"} <= set(r["compute_capability"]) and "7.5" not in r["compute_capability"]
-    assert r["profiles"] == [profiles.resolve(graph).to_dict()] and r["graph"] == "model"
-    assert r["onnx"] == "model.onnx" and r["onnx_sha256"] == before["files"]["model.onnx"]["sha256"]
-    assert r["plugins"] == []  # TensorRT-RTX has no plugin layers: a plugin-form graph's functions were inlined
-    assert r["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest() and r["bytes"] == result.path.stat().st_size
-    assert r["build_seconds"] < 30  # tiny models build in about half a second here
+    assert len(m["engines"]) == len(graphs)
     unchanged = lambda d: {k: v for k, v in d.items() if k != "engines"}  # noqa: E731
     assert unchanged(m) == unchanged(before)  # nothing else in the manifest changed
-    assert read_engine(art, flavor=RTX).data == result.path.read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -155,8 +158,9 @@ def test_engine_from_another_onnx_fails_to_load_until_rebuilt(built):
 def test_a_build_that_cannot_record_its_engine_leaves_the_artifact_as_it_was(built):
     art, _ = built
     before = snapshot(art)
-    # A directory where write_json_atomic puts its temporary file makes the manifest update fail for real.
-    (art / f".manifest.json.tmp-{os.getpid()}").mkdir()
+    # A directory where the manifest update opens its lock file makes that update fail for real.
+    (art / ".manifest.lock").unlink(missing_ok=True)
+    (art / ".manifest.lock").mkdir()
     for options in ({"profile": ["batch=2"]}, {"rebuild": True}):  # a new engine; a rebuild over the stored one
         with pytest.raises(EngineError, match="cannot store the engine"):
             build_engine(art, flavor=RTX, compute_capability=["8.6"], **options)
