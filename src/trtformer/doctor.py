@@ -73,7 +73,7 @@ def _toolkit(name: str) -> tuple[flavors.Toolkit | None, str]:
     try:
         return flavors.load(name), ""
     except TrtformerError as exc:
-        return None, exc.one_line()
+        return None, f"not usable: {exc.one_line()}"
 
 
 def _plugins(kit: flavors.Toolkit | None, why_not: str) -> str:
@@ -81,7 +81,7 @@ def _plugins(kit: flavors.Toolkit | None, why_not: str) -> str:
     from .plugins.registry import PLUGINS
 
     if kit is None:
-        return f"{', '.join(PLUGINS)}: not registered (full TensorRT {why_not}; TensorRT-RTX inlines the plugin form)"
+        return f"{', '.join(PLUGINS)}: not registered (full TensorRT is {why_not}; TensorRT-RTX inlines the plugin form)"
     done = []
     for name, plugin in PLUGINS.items():
         try:
@@ -99,7 +99,7 @@ def probe() -> Machine:
     import onnxruntime
     import torch
 
-    from .runtime.backends import names as registered
+    from .runtime.backends import REGISTRY
 
     device, capability = flavors.device_name(), flavors.device_capability()
     cuda = torch.cuda.is_available()
@@ -119,9 +119,11 @@ def probe() -> Machine:
         facts.append(Fact("TensorRT", full_why))
     if rtx is not None:
         targets = flavors.rtx_capabilities(rtx.trt)
+        default = [t for t in targets if t not in flavors.RTX_OPT_IN]
+        asked = [t for t in targets if t in flavors.RTX_OPT_IN]
         here = "" if capability is None else "; runs on this GPU" if capability in targets else f"; cannot run on this GPU ({capability})"
-        facts.append(Fact("TensorRT-RTX", f"{rtx.version}: builds ahead of time for {', '.join(targets)} "
-                                          f"({', '.join(sorted(flavors.RTX_OPT_IN))} on request){here}; no plugin layers"))
+        facts.append(Fact("TensorRT-RTX", f"{rtx.version}: builds ahead of time for {', '.join(default)}"
+                                          + (f" ({', '.join(asked)} on request)" if asked else "") + f"{here}; no plugin layers"))
     else:
         facts.append(Fact("TensorRT-RTX", rtx_why))
     facts.append(Fact("ONNX Runtime", f"{onnxruntime.__version__}: {', '.join(providers)}"))
@@ -149,7 +151,12 @@ def probe() -> Machine:
                      else "onnxruntime has no CUDAExecutionProvider (pip install 'trtformer[ort-gpu]')"),
         "tensorrt": tensorrt_why,
     }  # fmt: skip
-    backends = {name: backends[name] for name in registered() if name in backends}  # in the registry's order
+    # In the registry's order; a backend registered after the doctor was written is named, not guessed at.
+    unknown = "not checked by the doctor, which does not know what it needs: try `trtformer parity ARTIFACT --backend {}`"
+    for name, (_, _, defaults) in REGISTRY.items():
+        if name not in backends:
+            backends[name] = no_gpu if defaults.get("device") == "cuda" and not cuda else unknown.format(name)
+    backends = {name: backends[name] for name in REGISTRY}
     build = {"tensorrt": None if full is not None and capability is not None else
              f"full TensorRT is {full_why}" if full is None else "full TensorRT builds on the GPU it targets, and none is visible",
              "tensorrt-rtx": None if rtx is not None else f"TensorRT-RTX is {rtx_why}"}  # fmt: skip
@@ -317,7 +324,8 @@ def _stream(job: Job, backend: str = "tensorrt") -> tuple[str, str]:
     with Session.open(job.path, backend=backend, **_graphs(job, backend)) as session, \
             Session.open(job.path, backend="torch") as ref:  # fmt: skip
         ours, theirs = Stream(session, batch=2), Stream(ref, batch=2)
-        seg = session.graph.dims["seg"].opt if "seg" in session.graph.dims else 8
+        dim = session.graph.dims.get(session.graph.sequence_dim)
+        seg = dim.opt if dim is not None else 8  # a segment of the length the model is typically fed
         worst = 0.0
         for _ in range(STREAM_SEGMENTS):
             ids = rng.integers(0, 64, (2, seg))
@@ -415,8 +423,9 @@ def plan(machine: Machine, workdir: Path, jobs: int, families: list[str] | None 
     for flavor, why in machine.build_flavors.items():
         if why is not None:
             skipped.append(Row("build", "every artifact", flavor, SKIPPED, detail=why))
-    if machine.plugin_problem is not None:
-        skipped.append(Row("plugin layers", "plugin-form artifacts", "tensorrt", SKIPPED, detail=machine.plugin_problem))
+    # Full TensorRT's plugin-form engines are checked in their jobs; where it cannot build them, say why once.
+    if (why := machine.plugin_problem or machine.build_flavors["tensorrt"]) is not None:
+        skipped.append(Row("plugin layers", "plugin-form artifacts", "tensorrt", SKIPPED, detail=why))
     for backend, why in machine.backends.items():
         if why is not None:
             skipped.append(Row("parity", "every artifact", backend, SKIPPED, detail=why))
@@ -438,18 +447,28 @@ def run(machine: Machine, workdir: Path | None = None, jobs: int | None = None, 
         count = jobs or min(4, os.cpu_count() or 1)
         planned, skipped = plan(machine, root, count, families)
         report = Report(machine)
-        if count == 1:
+        workers = min(count, len(planned))
+        if workers <= 1:
             results = [run_job(job) for job in planned]
         else:
             import multiprocessing
 
             # spawn: a fork of a process that has touched CUDA or torch's threads is not safe
-            with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker,
-                                     initargs=(planned[0].threads if planned else 1,)) as pool:  # fmt: skip
-                results = list(pool.map(run_job, planned))
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker,
+                                     initargs=(planned[0].threads,)) as pool:  # fmt: skip
+                futures = [pool.submit(run_job, job) for job in planned]
+                results = [_result(future, job) for future, job in zip(futures, planned, strict=True)]
         report.rows = [row for rows in results for row in rows] + skipped
     report.seconds = round(time.perf_counter() - t0, 1)
     return report
+
+
+def _result(future, job: Job) -> list[Row]:
+    """A job's rows, or one error row when its process died (a crash in native code takes the worker with it)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return [Row("job", job.subject, "", ERROR, detail=f"the worker process failed: {type(exc).__name__}: {exc}")]
 
 
 # ---------------------------------------------------------------------------------------------- the command
