@@ -5,7 +5,12 @@ pre-LayerNorm with `ln_f`). Parameter names follow the GPT-2 checkpoints (`wte`,
 families/gpt.py maps GPT-1's `tokens_embed`/`positions_embed` and the Conv1D transposes onto them.
 
 forward() takes the cache as a list of (key, value) pairs and returns every present state, so the same
-graph serves prefill (past length 0) and decode; nothing is cached inside the module.
+graph serves prefill (past length 0) and decode; nothing is cached inside the module. With `cache_position` the pairs
+are fixed-capacity caches instead ([batch, heads, capacity, head_dim], e.g. preallocated once per batch size on a GPU
+so that a decode step has static shapes for CUDA graphs): the step's keys and values are written into them in place at
+those positions (no concatenation, no growth), the attention mask spans the capacity (0 past the written positions),
+and the caches themselves come back as the present states. The attention is the same masked softmax over more keys,
+whose extra keys are masked.
 """
 
 from __future__ import annotations
@@ -80,12 +85,17 @@ class Attention(nn.Module):
         x: torch.Tensor,  # [batch, seq, n_embd]
         past_key: torch.Tensor,  # [batch, heads, past, head_dim]
         past_value: torch.Tensor,  # [batch, heads, past, head_dim]
-        allowed: torch.Tensor,  # [batch, 1, seq, past + seq] bool
+        allowed: torch.Tensor,  # [batch, 1, seq, past + seq] bool ([batch, 1, seq, capacity] with cache_position)
+        cache_position: torch.Tensor | None = None,  # [seq]: write into fixed-capacity caches at these positions
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)  # 3 x [batch, seq, n_embd]
         q = split_heads(q, self.n_head)  # [batch, heads, seq, head_dim]
-        key = torch.cat([past_key, split_heads(k, self.n_head)], dim=2)  # [batch, heads, past + seq, head_dim]
-        value = torch.cat([past_value, split_heads(v, self.n_head)], dim=2)
+        if cache_position is None:
+            key = torch.cat([past_key, split_heads(k, self.n_head)], dim=2)  # [batch, heads, past + seq, head_dim]
+            value = torch.cat([past_value, split_heads(v, self.n_head)], dim=2)
+        else:  # in place: [batch, heads, capacity, head_dim], this step's rows at cache_position
+            key = past_key.index_copy_(2, cache_position, split_heads(k, self.n_head))
+            value = past_value.index_copy_(2, cache_position, split_heads(v, self.n_head))
         out = masked_softmax_attention(q, key, value, allowed, self.scale)  # [batch, heads, seq, head_dim]
         return self.c_proj(merge_heads(out)), key, value
 
@@ -111,12 +121,12 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm32(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, past_key, past_value, allowed):
+    def forward(self, x, past_key, past_value, allowed, cache_position=None):
         if self.pre_norm:  # GPT-2
-            a, key, value = self.attn(self.ln_1(x), past_key, past_value, allowed)
+            a, key, value = self.attn(self.ln_1(x), past_key, past_value, allowed, cache_position)
             x = x + a
             return x + self.mlp(self.ln_2(x)), key, value
-        a, key, value = self.attn(x, past_key, past_value, allowed)  # GPT-1: post-norm
+        a, key, value = self.attn(x, past_key, past_value, allowed, cache_position)  # GPT-1: post-norm
         n = self.ln_1(x + a)
         return self.ln_2(n + self.mlp(n)), key, value
 
@@ -168,22 +178,28 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,  # [batch, past + seq], 1 = real token
         past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,  # n_layer x ([batch, heads, past, head_dim],) * 2
         mc_token_ids: torch.Tensor | None = None,  # [batch, choices], double-heads only
+        cache_position: torch.Tensor | None = None,  # [seq]: `past` holds fixed-capacity caches (module docstring)
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
+        if cache_position is not None and (cfg.head != "lm" or past is None or attention_mask is None):
+            raise ValueError("cache_position needs the lm head, the caches as past and an attention_mask over their capacity")
         lead = input_ids.shape[:-1]
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])  # [batch', seq]
         batch, seq = input_ids.shape
         if past is None:
             past = self.empty_past(batch)
-        past_len = past[0][0].shape[2]
+        past_len = past[0][0].shape[2]  # the capacity with cache_position
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_len + seq, dtype=torch.long, device=input_ids.device)
-        mask = attention_mask.reshape(batch, -1).long()  # [batch, past + seq]
+        mask = attention_mask.reshape(batch, -1).long()  # [batch, past + seq] ([batch, capacity] with cache_position)
 
         # Positions count real tokens only, so a left-padded row starts at 0 like an unpadded one.
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, past_len:]  # [batch, seq]
-        key_pos = torch.arange(mask.shape[1], device=mask.device)  # [past + seq]
-        query_pos = key_pos[past_len:]  # [seq]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [batch, keys]
+        key_pos = torch.arange(mask.shape[1], device=mask.device)  # [keys]
+        if cache_position is None:
+            positions, query_pos = positions[:, past_len:], key_pos[past_len:]  # [batch, seq], [seq]
+        else:  # gathered by index, so the step's shapes do not depend on where it writes
+            positions, query_pos = positions[:, cache_position], cache_position
         causal = key_pos[None, :] <= query_pos[:, None]  # [seq, past + seq]
         allowed = causal[None, None] & (mask[:, None, None, :] != 0)  # [batch, 1, seq, past + seq]
 
@@ -191,7 +207,7 @@ class GPT(nn.Module):
         out: dict[str, torch.Tensor] = {}
         presents: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.h):
-            x, key, value = block(x, past[i][0], past[i][1], allowed)
+            x, key, value = block(x, past[i][0], past[i][1], allowed, cache_position)
             presents[f"present.{i}.key"] = key
             presents[f"present.{i}.value"] = value
         if self.ln_f is not None:

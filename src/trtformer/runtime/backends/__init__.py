@@ -13,6 +13,8 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
     "torch": ("trtformer.runtime.backends.torch", "TorchBackend", {}),
     "torch-cuda": ("trtformer.runtime.backends.torch", "TorchBackend", {"device": "cuda"}),
     "torch-cuda-triton": ("trtformer.runtime.backends.torch", "TorchBackend", {"device": "cuda", "triton": True}),
+    "torch-compile": ("trtformer.runtime.backends.torch", "TorchBackend", {"compile": True}),
+    "torch-cuda-compile": ("trtformer.runtime.backends.torch", "TorchBackend", {"device": "cuda", "triton": True, "compile": True}),
     "ort-cpu": ("trtformer.runtime.backends.ort", "OrtBackend", {"device": "cpu"}),
     "ort-cuda": ("trtformer.runtime.backends.ort", "OrtBackend", {"device": "cuda"}),
     "tensorrt": ("trtformer.runtime.backends.tensorrt", "TensorRTBackend", {}),
@@ -21,7 +23,7 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
 
 # The options a caller may pass to each backend class (the registry's own keyword arguments excepted).
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "TorchBackend": ("model", "threads"),
+    "TorchBackend": ("model", "threads", "precision", "static_cache", "cuda_graphs"),
     "OrtBackend": ("model", "threads", "device_id"),
     "TensorRTBackend": ("engine", "flavor", "cuda_graphs", "max_graphs", "device_id"),
 }

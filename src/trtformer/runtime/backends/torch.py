@@ -1,23 +1,36 @@
-"""The torch backends: the fp32 reference model rebuilt from the artifact's reference weights.
+"""The torch backends: the reference model rebuilt from the artifact's reference weights.
 
-`torch` (CPU) is the ground truth parity compares against, and a baseline in benchmarks. `torch-cuda` runs the same
-model on the GPU (inputs go up, fetched outputs come back as numpy, state stays as CUDA tensors);
-`torch-cuda-triton` runs the fused ops' Triton kernels, switched on only inside its own calls
-(`plugins.registry.triton_kernels`), so other sessions in the process keep the eager ops. State stays as torch
-tensors on the model's device. No setting outlives a call: `threads` applies to this backend's calls only.
+`torch` (CPU, fp32) is the ground truth parity compares against, and a baseline in benchmarks. The others run the same
+model at the artifact's precision under the export's contract (`exporter.precision.apply_precision`: matmuls low;
+LayerNorm, embeddings and heads fp32), and parity judges them with that precision's tolerance. `precision=` overrides
+it on any of them (CPU torch runs fp16 and bf16 matmuls, so the contract is testable without a GPU).
+- `torch-cuda` runs on the GPU (inputs go up, fetched outputs come back as numpy, state stays as CUDA tensors);
+- `torch-cuda-triton` runs the fused ops' Triton kernels, switched on only inside its own calls
+  (`plugins.registry.triton_kernels`), so other sessions in the process keep the eager ops;
+- `torch-compile` and `torch-cuda-compile` run the model through torch.compile (see compiled.py); the CUDA one with
+  the Triton kernels, and for GPT decode a static KV cache whose one-token step is a CUDA graph per batch size
+  (static_cache.py; `static_cache=` and `cuda_graphs=` choose, on every torch backend that can).
+State stays as torch tensors on the model's device. No setting outlives a call: `threads` applies to this backend's
+calls only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ...artifact.dtypes import PRECISIONS
 from ...errors import ArtifactError, BackendError
+from ...exporter.precision import apply_precision
 from ...families import family
+from ..generate import context_limit
 from .base import State
+from .buffers import to_numpy
+from .static_cache import CacheState, StaticDecoder
 
 
 def reference_model(artifact) -> torch.nn.Module:
@@ -48,65 +61,144 @@ def threads_for_call(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# (device, Triton kernels, compiled) -> the registry name of that variant
+VARIANTS = {
+    ("cpu", False, False): "torch",
+    ("cpu", False, True): "torch-compile",
+    ("cuda", False, False): "torch-cuda",
+    ("cuda", True, False): "torch-cuda-triton",
+    ("cuda", True, True): "torch-cuda-compile",
+}
+
+
 class TorchBackend:
     def __init__(self, artifact, graph: str | None = None, model: torch.nn.Module | None = None, threads: int | None = None,
-                 device: str = "cpu", triton: bool = False):
+                 device: str = "cpu", triton: bool = False, compile: bool = False, precision: str | None = None,
+                 static_cache: bool | None = None, cuda_graphs: bool | None = None):
         if device not in ("cpu", "cuda"):
             raise BackendError(f"the torch backend runs on cpu or cuda, not {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise BackendError(f"threads must be a positive integer, got {threads!r}")
-        self.name = "torch" if device == "cpu" else "torch-cuda-triton" if triton else "torch-cuda"
+        if triton and device != "cuda":
+            raise BackendError("the Triton kernels run on CUDA tensors only", hint="use torch-cuda-triton")
+        if (device, triton, compile) not in VARIANTS:
+            raise BackendError("the compiled CUDA backend runs the fused ops' Triton kernels", hint="use torch-cuda-compile")
+        self.name = VARIANTS[device, triton, compile]
+        precision = precision if precision is not None else "fp32" if self.name == "torch" else artifact.manifest.precision
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"{self.name} needs a CUDA GPU, and torch {torch.__version__} sees none",
                                hint="run on a machine with an NVIDIA GPU and a CUDA build of torch, or use the torch backend")
         self.kernels = contextlib.nullcontext
         if triton:
-            if device != "cuda":
-                raise BackendError("the Triton kernels run on CUDA tensors only", hint="use torch-cuda-triton")
             from ...plugins.registry import load_triton_kernels, triton_kernels
 
             load_triton_kernels()  # a missing Triton is a DependencyError now, not at the first forward
             self.kernels = triton_kernels
         spec = artifact.graph(graph)
+        fam = family(artifact.family)
+        self.precision = precision
         self.device = torch.device(device)
-        model = model if model is not None else reference_model(artifact)
+        model = apply_precision(model if model is not None else reference_model(artifact), precision, fam.fp32_heads)
         self.model = model.to(self.device)
-        self.to_kwargs = family(artifact.family).to_kwargs
+        # The dtype of each input at this backend's precision: the graph the exporter would write from this model.
+        own = next(g for g in fam.export_graphs(self.model).graphs if g.name == spec.name)
+        self.dtypes = {t.name: torch_dtype_of(t.dtype) for t in own.inputs}
+        self.to_kwargs = fam.to_kwargs
         self.output_names = spec.output_names
         self.state_pairs = {p.input: p.output for p in spec.state}
         self.threads = threads
+        self.compiled = None
+        if compile:
+            from .compiled import CompiledModel
+
+            self.compiled = CompiledModel(self.model, self.device)
+        self.static = self._static_decoder(spec, static_cache, cuda_graphs)
+
+    def _static_decoder(self, spec, static_cache: bool | None, cuda_graphs: bool | None) -> StaticDecoder | None:
+        """The static KV cache when asked, or by default on torch-cuda-compile for a graph that supports it."""
+        supported = "kv-cache" in spec.state_kinds and "cache_position" in inspect.signature(self.model.forward).parameters
+        if cuda_graphs is None:
+            cuda_graphs = self.name == "torch-cuda-compile" and supported and static_cache is not False
+        if static_cache is None:
+            static_cache = cuda_graphs
+        if cuda_graphs and not static_cache:
+            raise BackendError("cuda_graphs replays the decode step over the static KV cache", hint="leave static_cache on")
+        if not static_cache:
+            return None
+        if not supported:
+            raise BackendError(f"the {self.model.__class__.__name__} model of graph {spec.name!r} has no static KV cache "
+                               "path (GPT decoders have one)", hint="leave static_cache and cuda_graphs off")  # fmt: skip
+        state_dtype = self.dtypes[next(iter(self.state_pairs))]
+        return StaticDecoder(spec, context_limit(spec), state_dtype, self.device, self._static_forward, self.name,
+                             bool(cuda_graphs))
+
+    @property
+    def compiles(self) -> int:
+        """Graphs torch.compile has compiled for this backend (0 when not compiled)."""
+        return self.compiled.compiles if self.compiled is not None else 0
 
     def close(self) -> None:
-        """Drop the model (and its CUDA memory, returned to torch's caching allocator); later calls raise BackendError."""
-        self.model = None
+        """Drop the model, the compiled graphs and the static caches (CUDA memory goes back to torch's caching
+        allocator); later calls raise BackendError."""
+        self.model = self.compiled = self.static = None
 
     def _tensors(self, arrays) -> dict[str, torch.Tensor]:
-        return {n: torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for n, a in arrays.items()}
+        """Inputs on the device at this backend's dtypes (float inputs: state, features)."""
+        return {n: torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=self.dtypes.get(n)) for n, a in arrays.items()}
 
-    def _forward(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward(self, tensors: Mapping[str, torch.Tensor], **extra) -> dict[str, torch.Tensor]:
         if self.model is None:
             raise BackendError(f"this {self.name} backend is closed")
+        run = self.compiled if self.compiled is not None else self.model
         with torch.no_grad(), threads_for_call(self.threads), self.kernels():
-            return self.model(**self.to_kwargs(dict(tensors)))
+            return run(**self.to_kwargs(dict(tensors)), **extra)
+
+    def _static_forward(self, tensors: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._forward(tensors, cache_position=positions)
 
     def run(self, feeds, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        tensors = self._tensors(feeds)
-        out = self._forward({n: t.float() if t.is_floating_point() else t for n, t in tensors.items()})
-        return {n: out[n].cpu().numpy() for n in (fetch or self.output_names)}
+        out = self._forward(self._tensors(feeds))
+        return {n: to_numpy(out[n]) for n in (fetch or self.output_names)}
 
-    # The reference runs in fp32 whatever the artifact's precision, so its state is fp32 too.
+    def _static(self) -> StaticDecoder | None:
+        if self.model is None:
+            raise BackendError(f"this {self.name} backend is closed")
+        return self.static
+
     def empty_state(self, shapes, dtypes, sizes) -> State:
-        return State({n: torch.zeros(shapes[n], dtype=torch.float32, device=self.device) for n in shapes}, dict(sizes), self.name)
+        """Zero-length state at this backend's dtypes (the manifest's are the artifact's precision)."""
+        static = self._static()
+        if static is not None:
+            return static.empty_state(shapes, sizes)
+        return State({n: torch.zeros(shapes[n], dtype=self.dtypes[n], device=self.device) for n in shapes}, dict(sizes), self.name)
 
     def state_from_numpy(self, arrays, sizes) -> State:
-        return State(self._tensors({n: np.asarray(a, np.float32) for n, a in arrays.items()}), dict(sizes), self.name)
+        static = self._static()
+        if static is not None:
+            return static.state_from_tensors(self._tensors(arrays), sizes)
+        return State(self._tensors(arrays), dict(sizes), self.name)
 
     def state_to_numpy(self, state: State) -> dict[str, np.ndarray]:
-        return {n: v.cpu().numpy() for n, v in state.values.items()}
+        if isinstance(state, CacheState):
+            state.cache.check(state)  # views of a cache that a later step wrote over would read the newer state
+        return {n: to_numpy(v) for n, v in state.values.items()}
 
     def step(self, feeds, state: State, fetch, new_sizes) -> tuple[dict[str, np.ndarray], State]:
         tensors = self._tensors(feeds)
+        static = self._static()
+        if static is not None:
+            out, new_state = static.step(tensors, state, new_sizes)
+            return {n: to_numpy(out[n]) for n in fetch}, new_state
         tensors.update(state.values)
         out = self._forward(tensors)
-        new_values = {n: out[self.state_pairs[n]] for n in state.values}
-        return {n: out[n].cpu().numpy() for n in fetch}, State(new_values, new_sizes, self.name)
+        # Contiguous (free when it is already): a prefill's present state can be a strided view, and a compiled graph
+        # guards on its inputs' strides, so one layout for every step is one graph for every decode step.
+        new_values = {n: out[self.state_pairs[n]].contiguous() for n in state.values}
+        return {n: to_numpy(out[n]) for n in fetch}, State(new_values, new_sizes, self.name)
+
+
+def torch_dtype_of(name: str) -> torch.dtype | None:
+    """The torch dtype of a manifest dtype name for floating inputs; None (keep the array's) for integers and bools."""
+    return getattr(torch, name) if name in PRECISIONS.values() else None
