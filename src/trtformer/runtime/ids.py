@@ -36,7 +36,8 @@ def id_rows(name: str, rows) -> list[list[int]]:
                              hint="token ids are integers; convert with .astype(np.int64) only if they are whole")
         return rows.astype(np.int64).tolist()
     if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
-        raise InputError(f"{name} must be a list of token-id lists or a 2-D integer array, got {type(rows).__name__}")
+        raise InputError(f"{name} must hold one sequence of integers per row (a list of lists, or a 2-D integer "
+                         f"array), got {type(rows).__name__}")
     out = []
     for i, row in enumerate(rows):
         if isinstance(row, np.ndarray) and row.ndim == 1:
