@@ -3,11 +3,19 @@
     python benchmarks/gpu_suite.py --out /tmp/suite          # parity on tiny presets, latency at a representative shape
     python benchmarks/gpu_suite.py --quick --out /tmp/q      # tiny everything (the CPU test runs this)
 
-Backends, in this order: torch-cuda (eager), torch-cuda-triton (the fused ops' Triton kernels; after torch-cuda,
-since loaded kernels serve every later CUDA call of those ops), ort-cuda, tensorrt (the engine `trtformer build` makes
-with the flavor installed), for models with state tensorrt with CUDA graphs, and last the CPU baselines ort-cpu and
-torch (the GPU rows are what the time budget is for). A backend this machine lacks is a row "skipped: <reason>"; a
-backend that raises is a row "error: <message>". Every row records its seconds.
+Backends, in this order: torch-cuda (eager), torch-cuda-triton (the fused ops' Triton kernels, switched on inside
+that backend's calls only), torch-cuda-compile (torch.compile with Inductor, the Triton kernels, and for GPT decode a
+static KV cache whose one-token step is a CUDA graph per batch size), ort-cuda, tensorrt (the engine `trtformer build`
+makes with the flavor installed), for models with state tensorrt with CUDA graphs, and last the CPU baselines ort-cpu
+and torch (the GPU rows are what the time budget is for). The torch-cuda* backends run at the artifacts' precision
+(--precision, fp32 by default). A backend this machine lacks is a row "skipped: <reason>"; a backend that raises is a
+row "error: <message>". Every row records its seconds, and every GPU latency row the peak memory of torch's CUDA
+allocator over its measurement (ONNX Runtime's and TensorRT's own allocations are not in it).
+
+The peer on the same GPU, in the same process: latency rows `transformers` for GPT-2 (generate, eager, fp16), BERT
+(eager, fp16, SDPA attention) and Longformer (eager, fp16; global tokens at the first 3 positions), on a model of the
+same shape with random weights, with their peak GPU memory; every trtformer latency row of those families then gets
+`vs_transformers`, the transformers p50 over its own. Without a GPU those rows are skipped with the reason.
 
 Parity: `trtformer.parity.check_parity` on each family's tiny preset (GPT-2, BERT, Longformer, Transformer-XL).
 Latency, without --quick, on a representative model per family (GPT-2 small decode, BERT-base, Longformer-base at
@@ -20,6 +28,7 @@ run stays within 8 minutes. Writes gpu_suite.json, .md and .png into --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import sys
@@ -89,6 +98,7 @@ class Backend:
 BACKENDS = [
     Backend("torch-cuda", "torch-cuda"),
     Backend("torch-cuda-triton", "torch-cuda-triton"),
+    Backend("torch-cuda-compile", "torch-cuda-compile"),
     Backend("ort-cuda", "ort-cuda"),
     Backend("tensorrt", "tensorrt"),
     Backend("tensorrt-graphs", "tensorrt", {"cuda_graphs": True}, stateful_only=True),
@@ -106,6 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", choices=[b.label for b in BACKENDS], default=[b.label for b in BACKENDS])
     p.add_argument("--runs", type=int, help="timed calls per latency row (default 20; 3 with --quick)")
     p.add_argument("--budget-s", type=float, default=420.0, help="latency rows left when this many seconds have passed are skipped")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="the exports' precision")
     args = p.parse_args(argv)
     if args.runs is None:
         args.runs = 3 if args.quick else 20
@@ -120,7 +131,7 @@ def missing(backend: Backend) -> str | None:
         return None
     if not torch.cuda.is_available():
         return f"no CUDA GPU (torch {torch.__version__} sees none)"
-    if backend.registry == "torch-cuda-triton" and importlib.util.find_spec("triton") is None:
+    if backend.registry in ("torch-cuda-triton", "torch-cuda-compile") and importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'trtformer[triton]')"
     if backend.registry == "ort-cuda":
         import onnxruntime
@@ -207,17 +218,120 @@ def latency_row(backend: Backend, family: Family, artifact: Path, shape: dict, m
         return {**row, "status": "skipped", "reason": f"the time budget of {args.budget_s:.0f} s was spent ({spent:.0f} s)"}
 
     def work() -> dict:
-        session = open_session(backend, artifact, threads)
-        return {"status": "measured", **measure(session, family, shape, args.runs)}
+        with open_session(backend, artifact, threads) as session, gpu_peak() as peak:
+            measured = measure(session, family, shape, args.runs)
+        return {"status": "measured", **measured, **peak}
 
     return guarded(row, work)
 
 
+@contextlib.contextmanager
+def gpu_peak():
+    """{"peak_gpu_mib": ...} filled in on exit: torch's CUDA allocator's peak inside the block (nothing without a GPU)."""
+    found: dict = {}
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    yield found
+    if torch.cuda.is_available():
+        found["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+# --- the peer: transformers on the same GPU -------------------------------------------------------------------
+
+PEERS = {"gpt": "generate, eager, fp16", "bert": "eager, fp16, SDPA", "longformer": "eager, fp16"}
+
+
+def peer_model(family: Family, quick: bool, checkpoint: Path | None, device: str = "cuda"):
+    """A transformers model of the representative's shape (tiny with --quick), random weights, fp16 on the GPU."""
+    import transformers as T
+
+    small = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    if family.name == "gpt":
+        cfg = T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512) if quick else T.GPT2Config()
+        model = T.AutoModelForCausalLM.from_config(cfg)
+    elif family.name == "bert":
+        model = T.AutoModel.from_config(T.BertConfig(**small) if quick else T.BertConfig(), attn_implementation="sdpa")
+    else:
+        cfg = T.LongformerConfig(**small, attention_window=16) if quick or checkpoint is None else \
+            T.LongformerConfig.from_pretrained(checkpoint)  # fmt: skip
+        model = T.AutoModel.from_config(cfg, attn_implementation="eager")
+    return model.half().to(device).eval()
+
+
+def timed(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Seconds per call, the GPU (when there is one) synchronised around each."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def measure_peer(model, family: Family, shape: dict, runs: int) -> dict:
+    device = model.device
+    gen = torch.Generator(device=device).manual_seed(0)
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        if family.kind == "decode":  # per token: (generate n new tokens - generate 1) / (n - 1), as trtformer's decode
+            ids = torch.randint(0, vocab, (shape["batch"], shape["prompt_len"]), device=device, generator=gen)
+            n = shape["new_tokens"]
+
+            def generate(new: int):
+                return lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                              do_sample=False, pad_token_id=0)  # fmt: skip
+
+            full, first = timed(generate(n), 1, max(1, runs // n)), timed(generate(1), 1, max(1, runs // n))
+            per_token = [(f - p) / (n - 1) for f, p in zip(full, first, strict=True)]
+            return {"latency": bench.latency_stats(per_token), "prefill_ms_p50": 1e3 * float(np.median(first))}
+        ids = torch.randint(0, vocab, (shape["batch"], shape["seq"]), device=device, generator=gen)
+        feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if family.name == "longformer":
+            feeds["global_attention_mask"] = torch.zeros_like(ids)
+            feeds["global_attention_mask"][:, :3] = 1
+        return {"latency": bench.latency_stats(timed(lambda: model(**feeds), 2, runs))}
+
+
+def peer_row(family: Family, shape: dict, args, checkpoint: Path | None, start: float) -> dict:
+    row = {"family": family.name, "backend": "transformers", "check": "latency", "model": f"transformers ({PEERS[family.name]})",
+           "shape": " ".join(f"{k} {v}" for k, v in shape.items()), "unit": UNITS[family.kind]}  # fmt: skip
+    if not torch.cuda.is_available():
+        return {**row, "status": "skipped", "reason": f"no CUDA GPU (torch {torch.__version__} sees none)"}
+    spent = time.perf_counter() - start
+    if spent > args.budget_s:
+        return {**row, "status": "skipped", "reason": f"the time budget of {args.budget_s:.0f} s was spent ({spent:.0f} s)"}
+
+    def work() -> dict:
+        model = peer_model(family, args.quick, checkpoint)
+        with gpu_peak() as peak:
+            measured = measure_peer(model, family, shape, args.runs)
+        del model
+        torch.cuda.empty_cache()
+        return {"status": "measured", **measured, **peak}
+
+    return guarded(row, work)
+
+
+def add_peer_ratios(latency: list[dict]) -> None:
+    """`vs_transformers` on each measured trtformer row of a family whose transformers row was measured."""
+    peers = {r["family"]: r for r in latency if r["backend"] == "transformers" and r["status"] == "measured"}
+    for r in latency:
+        peer = peers.get(r["family"])
+        if peer is not None and r is not peer and r["status"] == "measured":
+            r["vs_transformers"] = peer["latency"]["p50_ms"] / r["latency"]["p50_ms"]
+
+
 # --- main -----------------------------------------------------------------------------------------------------
 
-def export(source, path: Path) -> Path:
+def export(source, path: Path, precision: str) -> Path:
     t0 = time.perf_counter()
-    trtformer.export(source, path, form="portable", precision="fp32", overwrite=True)
+    trtformer.export(source, path, form="portable", precision=precision, overwrite=True)
     log.info("exported %s in %.1f s", source if isinstance(source, str) else source.name, time.perf_counter() - t0)
     return path
 
@@ -227,17 +341,19 @@ def run(args, tmp: Path) -> dict:
     threads = torch.get_num_threads()
     families = [f for f in FAMILIES if f.name in args.families]
     backends = [b for b in BACKENDS if b.label in args.backends]
-    tiny = {f.name: export(f.tiny, tmp / f.tiny) for f in families}
+    tiny = {f.name: export(f.tiny, tmp / f.tiny, args.precision) for f in families}
     reasons = {b.label: missing(b) for b in backends}
     for label, reason in reasons.items():
         log.info("%s: %s", label, f"skipped ({reason})" if reason else "available")
-    parity, latency, models = [], [], {}
+    parity, latency, models, checkpoints = [], [], {}, {}
     for family in families:
         if args.quick:
             models[family.name] = (tiny[family.name], family.tiny, family.quick)
         elif any(reasons[b.label] is None for b in backends):
             source = family.representative(tmp / f"{family.name}-checkpoint")
-            models[family.name] = (export(source, tmp / f"{family.name}-latency"), f"{family.label} (random weights)", family.full)
+            checkpoints[family.name] = source if isinstance(source, Path) else None
+            models[family.name] = (export(source, tmp / f"{family.name}-latency", args.precision), f"{family.label} (random weights)",
+                                   family.full)  # fmt: skip
     # Backend-major: torch-cuda-triton's kernels stay loaded, so every torch-cuda row runs before them.
     for backend in backends:
         for family in families:
@@ -255,6 +371,11 @@ def run(args, tmp: Path) -> dict:
             latency.append(latency_row(backend, family, artifact, shape, model, args, threads, start))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the next backend measures without this one's cached blocks
+    for family in families:
+        if family.name in PEERS:
+            log.info("%s on transformers: latency", family.name)
+            latency.append(peer_row(family, family.quick if args.quick else family.full, args, checkpoints.get(family.name), start))
+    add_peer_ratios(latency)
     machine = machine_info(threads)
     machine["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -262,7 +383,7 @@ def run(args, tmp: Path) -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": "quick" if args.quick else "full",
-        "settings": {"runs": args.runs, "budget_s": args.budget_s, "precision": "fp32", "form": "portable",
+        "settings": {"runs": args.runs, "budget_s": args.budget_s, "precision": args.precision, "form": "portable",
                      "latency": "wall-clock per call, numpy in and out; decode per token, Transformer-XL per segment "
                                 "with a full memory"},  # fmt: skip
         "machine": machine,
@@ -280,7 +401,9 @@ def status_cell(row: dict) -> str:
         extra = f"; failed {', '.join(row['failed'][:3])}" if row["failed"] else ""
         return f"{row['status']} ({row['comparisons']} checks, max abs {row['max_abs']:.1e}, min cosine {row['min_cosine']:.6f}{extra})"
     lat = row["latency"]
-    return f"p50 {lat['p50_ms']:.3f}, p90 {lat['p90_ms']:.3f}, p99 {lat['p99_ms']:.3f} {row['unit']} ({row['model']}, {row['shape']})"
+    extra = "".join([f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else "",
+                     f", {row['vs_transformers']:.2f}x transformers" if "vs_transformers" in row else ""])
+    return f"p50 {lat['p50_ms']:.3f}, p90 {lat['p90_ms']:.3f}, p99 {lat['p99_ms']:.3f} {row['unit']} ({row['model']}, {row['shape']}{extra})"
 
 
 def markdown(report: dict) -> str:
