@@ -187,6 +187,7 @@ FAKE_LAYOUT = pytest.mark.xfail(strict=True, raises=AssertionError,
                                 reason="the op's fake implementation promises another layout than its eager kernel returns")
 
 
+@pytest.mark.slow  # Inductor compiles C++ kernels: 15-30 s a graph on a shared 2-core machine
 @pytest.mark.parametrize("family", ["bert", pytest.param("longformer", marks=FAKE_LAYOUT),
                                     pytest.param("transfo_xl", marks=FAKE_LAYOUT)])  # fmt: skip
 def test_compiled_encoder_and_stream_parity_without_recompiles(preset_artifact, cpp_compiler, family):
@@ -208,6 +209,7 @@ def test_compiled_encoder_and_stream_parity_without_recompiles(preset_artifact, 
         assert session.backend.compiles == graphs
 
 
+@pytest.mark.slow  # Inductor compiles C++ kernels: 15-30 s a graph on a shared 2-core machine
 @pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static-cache"])
 def test_compiled_gpt_decode_compiles_prefill_and_step_once(preset_artifact, cpp_compiler, static_cache):
     with trtformer.load(preset_artifact("tiny-gpt2"), backend="torch-compile", static_cache=static_cache) as session, \
@@ -218,6 +220,7 @@ def test_compiled_gpt_decode_compiles_prefill_and_step_once(preset_artifact, cpp
         assert session.backend.compiles == 2
 
 
+@pytest.mark.slow  # Inductor compiles C++ kernels: 15-30 s a graph on a shared 2-core machine
 @pytest.mark.parametrize("family", ["bart", "t5"])
 def test_compiled_encoder_decoder_parity(preset_artifact, cpp_compiler, family):
     """The encoder once, then the decoder from two target tokens and three one-token steps (no dim of 0 or 1 but the
