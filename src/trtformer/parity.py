@@ -362,9 +362,14 @@ def record_report(path: Path, key: str, report: ParityReport) -> None:
         log.warning("the report could not be recorded in %s (%s)", path, exc.strerror or exc)
 
 
+def computed_precision(session: Session) -> str:
+    """The precision the backend computes at: the artifact's, or the one a torch backend was asked to run at."""
+    return getattr(session.backend, "precision", None) or session.artifact.manifest.precision
+
+
 def _compare(session: Session, reference: Session, backend: str, decode_steps: int, seed: int, segments: int,
              model: str) -> ParityReport:
-    precision = session.artifact.manifest.precision
+    precision = computed_precision(session)
     graph = (session.graph.variant(model) if backend.startswith("ort") else "engine" if backend == "tensorrt" else "reference")
     quantized = graph == "int8"
     report = ParityReport(str(session.artifact.path), backend, precision, TOLERANCES[precision],
@@ -398,7 +403,8 @@ def check_seq2seq_parity(artifact: Artifact, backend: str = "ort-cpu", decode_st
         graph = model.decoder.graph.variant(backend_options.get("model", "default")) if backend.startswith("ort") else \
             "engine" if backend == "tensorrt" else "reference"  # fmt: skip
         quantized = graph == "int8"
-        report = ParityReport(str(artifact.path), backend, artifact.manifest.precision, TOLERANCES[artifact.manifest.precision],
+        precision = computed_precision(model.decoder)
+        report = ParityReport(str(artifact.path), backend, precision, TOLERANCES[precision],
                               criterion="agreement" if quantized else "tolerance", graph=graph)  # fmt: skip
         tol = AGREEMENT if quantized else report.tolerance
         rng = np.random.default_rng(seed)

@@ -147,4 +147,5 @@ def _(
 ):  # fmt: skip
     _, batch, d_model = hidden.shape
     keep = torch.sym_min(mem_len, mems.shape[0] + hidden.shape[0])
-    return torch.empty_like(hidden), hidden.new_empty((keep, batch, d_model))
+    # Contiguous, as the eager body returns (empty_like would promise hidden's strides, which torch.compile checks).
+    return hidden.new_empty(hidden.shape), hidden.new_empty((keep, batch, d_model))

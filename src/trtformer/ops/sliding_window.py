@@ -263,7 +263,7 @@ def sliding_window_attention(
 @sliding_window_attention.register_fake
 def _(q, k, v, q_global, k_global, v_global, key_padding_mask, global_mask, window, dilations, scale):
     check_attributes(q.shape[1], window, dilations)
-    return torch.empty_like(v)
+    return v.new_empty(v.shape)  # contiguous, as the eager body returns: empty_like would promise v's strides
 
 
 OP = torch.ops.trtformer.sliding_window_attention.default  # the overload ExportedPrograms call

@@ -249,7 +249,7 @@ def sliding_window_attention_triton(
     key_padding_mask: Tensor, global_mask: Tensor, window: int, dilations: list[int], scale: float,
 ) -> Tensor:  # [batch, heads, seq, head_dim]  # fmt: skip
     """The op's signature and output, computed with the Triton kernels."""
-    out = torch.empty_like(v)  # v's layout, as the op's fake implementation promises
+    out = v.new_empty(v.shape)  # contiguous, as the op's fake implementation promises
     if out.stride(-1) != 1:
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     sliding_window_attention_into(q, k, v, q_global, k_global, v_global, key_padding_mask, global_mask, window,
