@@ -264,7 +264,7 @@ def test_cli_generate_points_to_stream(txl, capsys):
 @pytest.mark.parametrize(("content", "message"), [
     (None, "does not exist"),
     ("1 2 three", "cannot read token ids"),
-    ('[[1, 2.5, 3]]', "holds 2.5, which is not a token id"),
+    ('[[1, 2.5, 3]]', "is 2.5, which is not an integer token id"),
     ("1 2 3\n4 512", "token 512 at position 4 is outside the vocabulary [0, 511]"),
     ("7", "at least 2 tokens"),
 ])  # fmt: skip
