@@ -22,6 +22,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (hint: see `{self.prog} --help`)\n")
 
 
+def emit(text: str = "") -> None:
+    """The CLI's output, also handed to the commands that live in other modules: the library itself never prints."""
+    print(text, flush=True)
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.replace(" ", "").split(",") if t]
@@ -458,10 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench)
 
-    # Commands whose code lives in their own modules: each module's add_commands(sub, add_backend_args) adds its
+    # Commands whose code lives in their own modules: each module's add_commands(sub, add_backend_args, emit) adds its
     # subparsers and sets their func (the module imports what it needs inside func, so --help stays fast).
     for module in EXTENSION_COMMANDS:
-        importlib.import_module(module).add_commands(sub, add_backend_args)
+        importlib.import_module(module).add_commands(sub, add_backend_args, emit)
     return p
 
 

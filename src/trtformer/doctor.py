@@ -14,6 +14,7 @@ Only `command` prints; everything else returns rows.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -495,7 +496,7 @@ def rows_table(report: Report) -> str:
     return "\n".join([fmt(heads), *map(fmt, cells), "", summary])
 
 
-def command(args) -> int:
+def command(args, emit) -> int:
     needs_run = [flag for flag, value in (("--workdir", args.workdir), ("--jobs", args.jobs), ("--family", args.family),
                                           ("--json", args.json)) if value is not None]  # fmt: skip
     if needs_run and not args.run:
@@ -509,14 +510,14 @@ def command(args) -> int:
         if unknown:
             raise InputError(f"--family {', '.join(unknown)}: no such family", hint=f"families: {', '.join(FAMILIES)}")
     machine = probe()
-    print(machine_table(machine))
+    emit(machine_table(machine))
     if not args.run:
-        print("\n`trtformer doctor --run` exports the tiny presets, builds engines and checks parity on every backend above "
+        emit("\n`trtformer doctor --run` exports the tiny presets, builds engines and checks parity on every backend above "
               "that is ready.")
         return 0
     report = run(machine, args.workdir, args.jobs, args.family)
-    print()
-    print(rows_table(report))
+    emit()
+    emit(rows_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.passed else 1
@@ -531,7 +532,8 @@ def _jobs(text: str) -> int:
     return int(text)
 
 
-def add_commands(sub, add_backend_args) -> None:
+def add_commands(sub, add_backend_args, emit) -> None:
+    """The subcommands; `emit` is the CLI's output (only the CLI prints), bound into each command."""
     d = sub.add_parser("doctor", help="what this machine can run (TensorRT, GPU, providers, plugins); --run proves it")
     d.add_argument("--run", action="store_true",
                    help="export every family's tiny preset in each form, build engines, check parity on every ready backend")
@@ -540,4 +542,4 @@ def add_commands(sub, add_backend_args) -> None:
     d.add_argument("--family", nargs="+", action="extend", metavar="NAME",
                    help="only these families (gpt, bert, ...; default: every family trtformer knows)")
     d.add_argument("--json", metavar="PATH", help="also write the report here")
-    d.set_defaults(func=command)
+    d.set_defaults(func=functools.partial(command, emit=emit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from pathlib import Path
@@ -11,7 +12,8 @@ from .repository import Batching
 from .server import Ports
 
 
-def add_commands(sub, add_backend_args) -> None:
+def add_commands(sub, add_backend_args, emit) -> None:
+    """The subcommands; `emit` is the CLI's output (only the CLI prints), bound into each command."""
     p = sub.add_parser("serve", help="serve artifacts on Triton Inference Server (HTTP, gRPC, metrics)")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
     p.add_argument("--name", action="append", help="the Triton model name of each artifact, in order (default: its directory's name)")
@@ -23,7 +25,7 @@ def add_commands(sub, add_backend_args) -> None:
         p.add_argument(f"--{proto}-port", type=int, default=port, help=f"default {port}; 0 picks a free port")
     add_batching_args(p)
     p.add_argument("--log-file", help="the server's log (default: in its working directory, removed at exit)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=functools.partial(cmd_serve, emit=emit))
 
     r = sub.add_parser("repository", help="a Triton model repository for Triton's own backends (no Python at run time)")
     r.add_argument("artifact")
@@ -35,7 +37,7 @@ def add_commands(sub, add_backend_args) -> None:
                    help="which ONNX of the graph (default: the most processed)")
     r.add_argument("--graph", help="the artifact graph (default: its only one)")
     add_batching_args(r)
-    r.set_defaults(func=cmd_repository)
+    r.set_defaults(func=functools.partial(cmd_repository, emit=emit))
 
 
 def add_batching_args(p) -> None:
@@ -48,7 +50,7 @@ def batching(args) -> Batching:
     return Batching(args.max_batch_size, args.max_queue_delay_us, args.instances)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args, emit) -> int:
     from .launch import start_serving
 
     options = {"engine": args.engine, "cuda_graphs": args.cuda_graphs, "threads": args.threads}
@@ -62,26 +64,26 @@ def cmd_serve(args) -> int:
     try:
         for m in serving.models:
             how = "decoupled, gRPC streaming" if m.decoupled else "batched" if m.batched else "one request at a time"
-            print(f"model {m.name:<24} {m.kind:<17} ({how}) inputs {', '.join(p.name for p in m.inputs)}")
-        print(f"serving on http {serving.url('http')}, grpc {serving.url('grpc')}, metrics "
+            emit(f"model {m.name:<24} {m.kind:<17} ({how}) inputs {', '.join(p.name for p in m.inputs)}")
+        emit(f"serving on http {serving.url('http')}, grpc {serving.url('grpc')}, metrics "
               f"http://{serving.url('metrics')}/metrics (Ctrl-C or SIGTERM stops)", flush=True)
         while not stop.wait(0.5):
             if serving.server.process.poll() is not None:
-                print(f"tritonserver exited with code {serving.server.process.returncode}: {serving.server.log_tail()}")
+                emit(f"tritonserver exited with code {serving.server.process.returncode}: {serving.server.log_tail()}")
                 return 1
     finally:
         code = serving.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    print(f"stopped (tritonserver exit code {code})")
+    emit(f"stopped (tritonserver exit code {code})")
     return 0
 
 
-def cmd_repository(args) -> int:
+def cmd_repository(args, emit) -> int:
     from .repository import write_portable_repository
 
     out = write_portable_repository(args.artifact, args.out, args.backend, args.name, args.variant, args.graph,
                                     batching(args))
     for config in sorted(out.glob("*/config.pbtxt")):
-        print(f"wrote {config.parent} ({args.backend}): {', '.join(p.name for p in sorted(config.parent.rglob('*')) if p.is_file())}")
+        emit(f"wrote {config.parent} ({args.backend}): {', '.join(p.name for p in sorted(config.parent.rglob('*')) if p.is_file())}")
     return 0

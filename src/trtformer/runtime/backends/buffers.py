@@ -15,7 +15,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +23,14 @@ from ...artifact.dtypes import from_trt
 from ...errors import ArtifactError, BackendError, InputError
 from .base import State
 
-if TYPE_CHECKING:
-    import torch
+# torch's types by name only: torch is imported by the functions that make or read a buffer, never with this module.
+Tensor = Any  # torch.Tensor
+DType = Any  # torch.dtype
+Device = Any  # torch.device
+Module = Any  # torch.nn.Module
 
 
-def torch_dtype(trt_name: str) -> torch.dtype:
+def torch_dtype(trt_name: str) -> DType:
     """The torch dtype of a TensorRT DataType given by name (`engine.get_tensor_dtype(n).name`)."""
     import torch
 
@@ -38,13 +41,13 @@ def torch_dtype(trt_name: str) -> torch.dtype:
                            hint="export the model in fp32, fp16 or bf16") from None
 
 
-def to_device(array: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
+def to_device(array: np.ndarray, dtype: DType, device) -> Tensor:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
 
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+def to_numpy(tensor: Tensor) -> np.ndarray:
     """A host copy, ordered after the current stream's work; bf16 comes back as fp32 (numpy has no bfloat16)."""
     import torch
 
@@ -53,7 +56,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-def address(tensor: torch.Tensor, placeholder: torch.Tensor) -> int:
+def address(tensor: Tensor, placeholder: Tensor) -> int:
     """The address to bind: TensorRT wants a valid one even for a tensor with no elements (a first step's empty past),
     for which torch's data_ptr() is 0."""
     return tensor.data_ptr() if tensor.numel() else placeholder.data_ptr()
@@ -93,7 +96,7 @@ class PingPong:
 
     def __init__(self, device):
         self.device = device
-        self.buffers: list[dict[str, torch.Tensor]] = [{}, {}]  # per slot: state input name -> flat buffer
+        self.buffers: list[dict[str, Tensor]] = [{}, {}]  # per slot: state input name -> flat buffer
         self.generation = [0, 0]  # writes per slot
         self.epoch = 0
 
@@ -113,7 +116,7 @@ class PingPong:
         """The slot a step writes when its state comes from `source`: the other one."""
         return 0 if source is None else 1 - source
 
-    def claim(self, slot: int, specs: Mapping[str, tuple[Sequence[int], torch.dtype]]) -> dict[str, torch.Tensor]:
+    def claim(self, slot: int, specs: Mapping[str, tuple[Sequence[int], DType]]) -> dict[str, Tensor]:
         """Views of `slot` shaped for the state a step is about to write there ({name: (shape, dtype)}). What the slot
         held is given up: its SlotStates turn stale."""
         import torch
@@ -131,7 +134,7 @@ class PingPong:
         self.generation[slot] += 1
         return views
 
-    def state(self, slot: int, views: dict[str, torch.Tensor], sizes: dict[str, int], backend: str) -> SlotState:
+    def state(self, slot: int, views: dict[str, Tensor], sizes: dict[str, int], backend: str) -> SlotState:
         return SlotState(views, dict(sizes), backend, pool=self, slot=slot, generation=self.generation[slot])
 
 

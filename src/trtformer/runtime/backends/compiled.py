@@ -15,9 +15,8 @@ Inductor builds its CPU kernels with a C++ compiler; without one, creating `torc
 
 from __future__ import annotations
 
-import torch
-
 from ...errors import BackendError
+from .buffers import Device, Module, Tensor
 
 
 def require_cpp_compiler() -> str:
@@ -34,7 +33,8 @@ def require_cpp_compiler() -> str:
 class CompiledModel:
     """`model` compiled once; calls take the model's keyword arguments."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: Module, device: Device):
+        import torch
         if device.type == "cpu":
             require_cpp_compiler()
         self.compiles = 0
@@ -47,5 +47,5 @@ class CompiledModel:
 
         self.forward = torch.compile(model, backend=counted, dynamic=True, fullgraph=True)
 
-    def __call__(self, **kwargs) -> dict[str, torch.Tensor]:
+    def __call__(self, **kwargs) -> dict[str, Tensor]:
         return self.forward(**kwargs)

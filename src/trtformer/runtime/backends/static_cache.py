@@ -21,13 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ...errors import BackendError, InputError
 from .base import State
+from .buffers import Device, DType, Tensor
 
 # A step's forward: (the flat inputs with the full caches under the state input names, the positions) -> outputs.
-Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]]
+Forward = Callable[[dict[str, Tensor], Tensor], dict[str, Tensor]]
 
 
 @dataclass
@@ -42,7 +41,8 @@ class StaticKVCache:
     """One batch size's buffers: the caches (state input name -> [batch, heads, capacity, head_dim]), the attention
     mask over the capacity, and how many positions hold keys and values (`length`)."""
 
-    def __init__(self, shapes: Mapping[str, Sequence[int]], axis: int, capacity: int, dtype: torch.dtype, device):
+    def __init__(self, shapes: Mapping[str, Sequence[int]], axis: int, capacity: int, dtype: DType, device):
+        import torch
         self.axis = axis
         self.capacity = capacity
         self.buffers = {n: torch.zeros(_with(shape, axis, capacity), dtype=dtype, device=device) for n, shape in shapes.items()}
@@ -51,7 +51,7 @@ class StaticKVCache:
         self.length = 0
         self.generation = 0
 
-    def reset(self, past: Mapping[str, torch.Tensor] | None = None) -> None:
+    def reset(self, past: Mapping[str, Tensor] | None = None) -> None:
         """Empty the cache, or hold `past` (name -> [batch, heads, past, head_dim]); older States turn stale. Zeroed so
         that no stale value, finite or not, sits under the masked keys."""
         length = int(next(iter(past.values())).shape[self.axis]) if past else 0
@@ -85,8 +85,9 @@ class CapturedStep:
     """A decode step (one token) of one batch size as a CUDA graph over the cache's buffers: the ids and the position
     are copied into static tensors before each replay, the outputs are read from static tensors after it."""
 
-    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, torch.Tensor], ids: str, pool,
+    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, Tensor], ids: str, pool,
                  warmup: int = 2):
+        import torch
         self.ids = feeds[ids].clone()
         self.position = torch.tensor([cache.length], dtype=torch.int64, device=self.ids.device)
         inputs = {**feeds, ids: self.ids, **cache.buffers}
@@ -102,7 +103,7 @@ class CapturedStep:
         with torch.cuda.graph(self.graph, pool=pool):
             self.outputs = forward(inputs, self.position)
 
-    def run(self, ids: torch.Tensor, position: int) -> dict[str, torch.Tensor]:
+    def run(self, ids: Tensor, position: int) -> dict[str, Tensor]:
         self.ids.copy_(ids)
         self.position.fill_(position)
         self.graph.replay()
@@ -112,8 +113,9 @@ class CapturedStep:
 class StaticDecoder:
     """The static-cache steps of a GPT graph: one StaticKVCache (and with cuda_graphs one CapturedStep) per batch size."""
 
-    def __init__(self, graph, capacity: int, dtype: torch.dtype, device: torch.device, forward: Forward,
+    def __init__(self, graph, capacity: int, dtype: DType, device: Device, forward: Forward,
                  backend: str, cuda_graphs: bool = False):
+        import torch
         if "kv-cache" not in graph.state_kinds or graph.role_input("padding-mask") is None:
             raise BackendError(f"a static KV cache is for decoder graphs with a KV cache and an attention mask; graph "
                                f"{graph.name!r} has state {sorted(graph.state_kinds) or 'none'}")  # fmt: skip
@@ -138,14 +140,15 @@ class StaticDecoder:
         cache.reset()
         return cache.state(sizes, self.backend)
 
-    def state_from_tensors(self, past: Mapping[str, torch.Tensor], sizes: dict[str, int]) -> CacheState:
+    def state_from_tensors(self, past: Mapping[str, Tensor], sizes: dict[str, int]) -> CacheState:
         cache = self._cache({n: t.shape for n, t in past.items()})
         cache.reset({n: t.to(self.dtype) for n, t in past.items()})
         return cache.state(sizes, self.backend)
 
-    def step(self, feeds: dict[str, torch.Tensor], state: State, new_sizes: dict[str, int]) -> tuple[dict[str, torch.Tensor], CacheState]:
+    def step(self, feeds: dict[str, Tensor], state: State, new_sizes: dict[str, int]) -> tuple[dict[str, Tensor], CacheState]:
         """One step from `state` (the latest of its cache): feeds are the stateless inputs on the device, the mask over
         past + seq. Returns the outputs (the present states among them are the whole caches) and the new State."""
+        import torch
         cache = state.cache if isinstance(state, CacheState) else None
         if cache is None or self.caches.get(cache.batch) is not cache:
             raise InputError("this state does not come from this session's static KV cache",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -31,10 +31,17 @@ from ...trt import flavors
 from ...trt.logger import make_logger
 from ...trt.plugins import register_plugins
 from .base import State
-from .buffers import GraphCache, PingPong, address, profile_problems, shape_key, to_device, to_numpy, torch_dtype
-
-if TYPE_CHECKING:
-    import torch
+from .buffers import (
+    GraphCache,
+    PingPong,
+    Tensor,
+    address,
+    profile_problems,
+    shape_key,
+    to_device,
+    to_numpy,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +50,9 @@ log = logging.getLogger(__name__)
 class Graph:
     """A captured step: the graph and the static buffers it reads (stateless inputs) and writes (other outputs)."""
 
-    graph: torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
-    outputs: dict[str, torch.Tensor]
+    graph: Any  # torch.cuda.CUDAGraph
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
 
 
 class TensorRTBackend:
@@ -145,7 +152,7 @@ class TensorRTBackend:
             raise BackendError(f"{self.kit.label} cannot tell the shapes of {unknown} before running: {self._errors()}")
         return out
 
-    def _execute(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def _execute(self, tensors: Mapping[str, Tensor]) -> None:
         """Bind every input and output (shapes already set) and enqueue on the backend's stream."""
         self._mark()
         for name, tensor in tensors.items():
@@ -153,13 +160,13 @@ class TensorRTBackend:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise BackendError(f"{self.kit.label} failed to run {self.engine_name}: {self._errors()}")
 
-    def _upload(self, feeds: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def _upload(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
         return {n: to_device(a, self.dtypes[n], self.device) for n, a in feeds.items()}
 
-    def _empty(self, shapes: Mapping[str, Sequence[int]], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _empty(self, shapes: Mapping[str, Sequence[int]], names: Sequence[str]) -> dict[str, Tensor]:
         return {n: self._torch.empty(tuple(shapes[n]), dtype=self.dtypes[n], device=self.device) for n in names}
 
-    def _forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """One eager forward into new output tensors."""
         out_shapes = self._set_shapes({n: t.shape for n, t in inputs.items()})
         outputs = self._empty(out_shapes, self.outputs)
@@ -228,7 +235,7 @@ class TensorRTBackend:
         fetched = {n: to_numpy(outputs[n]) for n in fetch}
         return fetched, self.pool.state(target, new_state, new_sizes, self.name)
 
-    def _capture(self, key, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+    def _capture(self, key, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
         """Capture the enqueue just run eagerly (same shapes and addresses, as TensorRT asks before a capture); its
         buffers become the graph's. A failed capture leaves the key to run eagerly from then on.
 
