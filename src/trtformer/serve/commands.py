@@ -66,7 +66,7 @@ def cmd_serve(args, emit) -> int:
             how = "decoupled, gRPC streaming" if m.decoupled else "batched" if m.batched else "one request at a time"
             emit(f"model {m.name:<24} {m.kind:<17} ({how}) inputs {', '.join(p.name for p in m.inputs)}")
         emit(f"serving on http {serving.url('http')}, grpc {serving.url('grpc')}, metrics "
-              f"http://{serving.url('metrics')}/metrics (Ctrl-C or SIGTERM stops)", flush=True)
+              f"http://{serving.url('metrics')}/metrics (Ctrl-C or SIGTERM stops)")
         while not stop.wait(0.5):
             if serving.server.process.poll() is not None:
                 emit(f"tritonserver exited with code {serving.server.process.returncode}: {serving.server.log_tail()}")
