@@ -55,3 +55,16 @@ def accelerated(enable: bool = True) -> Iterator[None]:
         yield
     finally:
         _ENABLED.reset(token)
+
+
+def implementation(op: torch._ops.OpOverload) -> Callable | None:
+    """The Python body a trtformer op runs on CUDA in this context: its accelerated kernel inside `accelerated()`,
+    the body it was defined with otherwise; None for any other op. (For checks that must see inside the op.)"""
+    name = op.name()
+    if op.namespace != "trtformer":
+        return None
+    if _ENABLED.get() and name in _KERNELS:
+        return _KERNELS[name]
+    from torch._library.custom_ops import OPDEFS  # torch's table of custom_op definitions: the body each was made from
+
+    return OPDEFS[name]._init_fn

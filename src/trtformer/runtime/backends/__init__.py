@@ -23,7 +23,7 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
 
 # The options a caller may pass to each backend class (the registry's own keyword arguments excepted).
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "TorchBackend": ("model", "threads", "precision", "static_cache", "cuda_graphs"),
+    "TorchBackend": ("model", "threads", "precision", "static_cache", "cuda_graphs", "buckets"),
     "OrtBackend": ("model", "threads", "device_id"),
     "TensorRTBackend": ("engine", "flavor", "cuda_graphs", "max_graphs", "device_id"),
 }

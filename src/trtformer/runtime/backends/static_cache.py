@@ -24,9 +24,11 @@ from typing import Any
 from ...errors import BackendError, InputError
 from .base import State
 from .buffers import Device, DType, Tensor
+from .graphs import Captured
 
 # A step's forward: (the flat inputs with the full caches under the state input names, the positions) -> outputs.
 Forward = Callable[[dict[str, Tensor], Tensor], dict[str, Tensor]]
+POSITION = "cache_position"  # the captured step's static input holding the position (a name no graph input has)
 
 
 @dataclass
@@ -82,32 +84,21 @@ def _with(shape: Sequence[int], axis: int, size: int) -> tuple[int, ...]:
 
 
 class CapturedStep:
-    """A decode step (one token) of one batch size as a CUDA graph over the cache's buffers: the ids and the position
-    are copied into static tensors before each replay, the outputs are read from static tensors after it."""
+    """A decode step (one token) of one batch size as a captured graph over the cache's buffers (graphs.Captured): the
+    ids and the position go into static tensors before each replay, the outputs are read from static tensors after."""
 
-    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, Tensor], ids: str, pool,
-                 warmup: int = 2):
+    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, Tensor], ids: str, pool):
         import torch
-        self.ids = feeds[ids].clone()
-        self.position = torch.tensor([cache.length], dtype=torch.int64, device=self.ids.device)
-        inputs = {**feeds, ids: self.ids, **cache.buffers}
-        # Warm-up runs (which compile, autotune and allocate) on a side stream, as torch.cuda.graphs asks. Each one is
-        # this very step, so they only write the keys and values that the replay below writes again.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                forward(inputs, self.position)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs = forward(inputs, self.position)
+
+        position = torch.tensor([cache.length], dtype=torch.int64, device=feeds[ids].device)
+        inputs = {**feeds, ids: feeds[ids].clone(), **cache.buffers, POSITION: position}
+        self.ids = ids
+        # Warm-ups re-run this very step: they write only the keys and values that every replay writes again.
+        self.captured = Captured(lambda x: forward({n: t for n, t in x.items() if n != POSITION}, x[POSITION]), inputs, pool)
 
     def run(self, ids: Tensor, position: int) -> dict[str, Tensor]:
-        self.ids.copy_(ids)
-        self.position.fill_(position)
-        self.graph.replay()
-        return self.outputs
+        self.captured.inputs[POSITION].fill_(position)  # a fill kernel: no host-to-device copy
+        return self.captured.replay({self.ids: ids})
 
 
 class StaticDecoder:

@@ -74,7 +74,7 @@ VARIANTS = {
 class TorchBackend:
     def __init__(self, artifact, graph: str | None = None, model: torch.nn.Module | None = None, threads: int | None = None,
                  device: str = "cpu", triton: bool = False, compile: bool = False, precision: str | None = None,
-                 static_cache: bool | None = None, cuda_graphs: bool | None = None):
+                 static_cache: bool | None = None, cuda_graphs: bool | None = None, buckets: Sequence[int] | None = None):
         if device not in ("cpu", "cuda"):
             raise BackendError(f"the torch backend runs on cpu or cuda, not {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -114,7 +114,28 @@ class TorchBackend:
             from .compiled import CompiledModel
 
             self.compiled = CompiledModel(self.model, self.device)
-        self.static = self._static_decoder(spec, static_cache, cuda_graphs)
+        # Fixed-shape paths, one per kind of graph (CUDA graphs need fixed shapes and addresses): GPT decode over a
+        # static KV cache, Transformer-XL segments over a full memory, encoders padded to shape buckets.
+        self.static = self.segments = self.buckets = None
+        if "kv-cache" in spec.state_kinds or static_cache:
+            self.static = self._static_decoder(spec, static_cache, cuda_graphs)
+        elif "memory" in spec.state_kinds:
+            self.segments = self._segment_graphs(spec, cuda_graphs)
+        else:
+            self.buckets = self._encoder_buckets(spec, buckets, cuda_graphs)
+        if buckets is not None and self.buckets is None:
+            raise BackendError(f"shape buckets are for encoder graphs; graph {spec.name!r} has state "
+                               f"{', '.join(sorted(spec.state_kinds))}", hint="leave buckets unset")  # fmt: skip
+
+    def _segment_graphs(self, spec, cuda_graphs: bool | None):
+        """Transformer-XL segments over a full memory as CUDA graphs (segments.py)."""
+        return None
+
+    def _encoder_buckets(self, spec, buckets: Sequence[int] | None, cuda_graphs: bool | None):
+        """Encoder inputs padded to shape buckets, each bucket a CUDA graph with cuda_graphs (buckets.py)."""
+        if buckets is not None or cuda_graphs:
+            raise BackendError("shape buckets are not built yet")
+        return None
 
     def _static_decoder(self, spec, static_cache: bool | None, cuda_graphs: bool | None) -> StaticDecoder | None:
         """The static KV cache when asked, or by default on torch-cuda-compile for a graph that supports it."""
