@@ -286,11 +286,12 @@ class TransfoXL(nn.Module):
         """What HF's init_mems starts from: mem_len rows of zeros, which do take part in the attention."""
         return self.empty_mems(batch, self.config.mem_len)
 
-    def check_inputs(self, input_ids: torch.Tensor, mems: list[torch.Tensor]) -> None:
+    def check_inputs(self, input_ids: torch.Tensor, mems: list[torch.Tensor], values: bool = True) -> None:
+        """Shapes and dtypes; with `values` the ids' range too, which reads the ids on the host."""
         cfg = self.config
         if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise InputError(f"input_ids must be integer [batch, seg], got {input_ids.dtype} {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
+        if values and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
             bad = input_ids[(input_ids < 0) | (input_ids >= cfg.vocab_size)][0].item()
             raise InputError(f"input_ids holds token id {bad}, outside the vocabulary [0, {cfg.vocab_size})")
         if len(mems) != cfg.n_layer:
@@ -309,11 +310,14 @@ class TransfoXL(nn.Module):
         self,
         input_ids: torch.Tensor,  # [batch, seg]
         mems: list[torch.Tensor] | None = None,  # n_layer x [mlen, batch, d_model]; None = mlen 0
+        check_values: bool = True,
     ) -> dict[str, torch.Tensor]:
+        """check_values=False skips the ids' range check, for callers that checked them on the host (the runtime's
+        Session does): on a GPU the check waits for the device every segment, and a CUDA graph cannot capture it."""
         if mems is None:
             mems = self.empty_mems(input_ids.shape[0])
-        if not torch.compiler.is_compiling():  # value checks are eager-only: export must not branch on data
-            self.check_inputs(input_ids, mems)
+        if not torch.compiler.is_compiling():  # checks are eager-only: export must not branch on data
+            self.check_inputs(input_ids, mems, values=check_values)
         shared = (self.r_w_bias, self.r_r_bias) if not self.config.untie_r else None
         x = self.word_emb(input_ids.t()).to(self.compute_dtype)  # [seg, batch, d_model], time-first as the memory
         new_mems: dict[str, torch.Tensor] = {}

@@ -30,6 +30,7 @@ from ...families import family
 from ..generate import context_limit
 from .base import State
 from .buffers import to_numpy
+from .segments import SegmentGraphs
 from .static_cache import CacheState, StaticDecoder
 
 
@@ -109,6 +110,9 @@ class TorchBackend:
         self.output_names = spec.output_names
         self.state_pairs = {p.input: p.output for p in spec.state}
         self.threads = threads
+        # The Session checks ids against the manifest's range on the host; a model's own check would read them back
+        # from the device every call (and break a CUDA graph capture), so it is skipped where the model allows.
+        self.call_options = {"check_values": False} if "check_values" in inspect.signature(self.model.forward).parameters else {}
         self.compiled = None
         if compile:
             from .compiled import CompiledModel
@@ -127,9 +131,15 @@ class TorchBackend:
             raise BackendError(f"shape buckets are for encoder graphs; graph {spec.name!r} has state "
                                f"{', '.join(sorted(spec.state_kinds))}", hint="leave buckets unset")  # fmt: skip
 
-    def _segment_graphs(self, spec, cuda_graphs: bool | None):
-        """Transformer-XL segments over a full memory as CUDA graphs (segments.py)."""
-        return None
+    def _segment_graphs(self, spec, cuda_graphs: bool | None) -> SegmentGraphs | None:
+        """Transformer-XL segments over a full memory as CUDA graphs (segments.py): on by default on torch-cuda-compile."""
+        if cuda_graphs is None:
+            cuda_graphs = self.name == "torch-cuda-compile"
+        if not cuda_graphs:
+            return None
+        if self.device.type != "cuda":
+            raise BackendError("CUDA graphs need a CUDA device", hint="use torch-cuda, torch-cuda-triton or torch-cuda-compile")
+        return SegmentGraphs(spec, self._forward, self.device, self.name)
 
     def _encoder_buckets(self, spec, buckets: Sequence[int] | None, cuda_graphs: bool | None):
         """Encoder inputs padded to shape buckets, each bucket a CUDA graph with cuda_graphs (buckets.py)."""
@@ -161,9 +171,9 @@ class TorchBackend:
         return self.compiled.compiles if self.compiled is not None else 0
 
     def close(self) -> None:
-        """Drop the model, the compiled graphs and the static caches (CUDA memory goes back to torch's caching
-        allocator); later calls raise BackendError."""
-        self.model = self.compiled = self.static = None
+        """Drop the model, the compiled graphs, the static caches and the captured graphs (CUDA memory goes back to
+        torch's caching allocator); later calls raise BackendError."""
+        self.model = self.compiled = self.static = self.segments = self.buckets = None
 
     def _tensors(self, arrays) -> dict[str, torch.Tensor]:
         """Inputs on the device at this backend's dtypes (float inputs: state, features)."""
@@ -174,7 +184,7 @@ class TorchBackend:
             raise BackendError(f"this {self.name} backend is closed")
         run = self.compiled if self.compiled is not None else self.model
         with torch.no_grad(), threads_for_call(self.threads), self.kernels():
-            return run(**self.to_kwargs(dict(tensors)), **extra)
+            return run(**self.to_kwargs(dict(tensors)), **self.call_options, **extra)
 
     def _static_forward(self, tensors: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._forward(tensors, cache_position=positions)
@@ -212,6 +222,11 @@ class TorchBackend:
         if static is not None:
             out, new_state = static.step(tensors, state, new_sizes)
             return {n: to_numpy(out[n]) for n in fetch}, new_state
+        if self.segments is not None:
+            replayed = self.segments.step(tensors, state, new_sizes)
+            if replayed is not None:
+                out, new_state = replayed
+                return {n: to_numpy(out[n]) for n in fetch}, new_state
         tensors.update(state.values)
         out = self._forward(tensors)
         # Contiguous (free when it is already): a prefill's present state can be a strided view, and a compiled graph
