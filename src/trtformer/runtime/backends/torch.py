@@ -9,7 +9,8 @@ it on any of them (CPU torch runs fp16 and bf16 matmuls, so the contract is test
   (`plugins.registry.triton_kernels`), so other sessions in the process keep the eager ops;
 - `torch-compile` and `torch-cuda-compile` run the model through torch.compile (see compiled.py); the CUDA one with
   the Triton kernels, and for GPT decode a static KV cache whose one-token step is a CUDA graph per batch size
-  (static_cache.py; `static_cache=` and `cuda_graphs=` choose, on every torch backend that can).
+  (static_cache.py; `static_cache=` and `cuda_graphs=` choose, on every torch backend that can), and for encoders
+  calls padded to shape buckets, each bucket a CUDA graph (buckets.py; `buckets=` alone pads on any torch backend).
 State stays as torch tensors on the model's device. No setting outlives a call: `threads` applies to this backend's
 calls only.
 """
@@ -142,10 +143,25 @@ class TorchBackend:
         return SegmentGraphs(spec, self._forward, self.device, self.name)
 
     def _encoder_buckets(self, spec, buckets: Sequence[int] | None, cuda_graphs: bool | None):
-        """Encoder inputs padded to shape buckets, each bucket a CUDA graph with cuda_graphs (buckets.py)."""
-        if buckets is not None or cuda_graphs:
-            raise BackendError("shape buckets are not built yet")
-        return None
+        """Encoder inputs padded to shape buckets, each bucket a CUDA graph with cuda_graphs (buckets.py): asked for,
+        or by default on torch-cuda-compile for a graph that supports them (BERT-like, Longformer, seq2seq encoders)."""
+        from .buckets import EncoderBuckets, unsupported
+
+        if cuda_graphs is None:
+            cuda_graphs = self.name == "torch-cuda-compile" and unsupported(spec) is None
+        if buckets is None and not cuda_graphs:
+            return None
+        pad_id = getattr(getattr(self.model, "config", None), "pad_token_id", None)
+        made = EncoderBuckets(spec, self._forward, self.device, pad_id or 0, buckets, cuda_graphs=cuda_graphs,
+                              backend=self.name)  # fmt: skip
+        if cuda_graphs:  # the eager forward has the compiled one's ops: no compile needed to find a host read
+
+            def eager(tensors):
+                with torch.no_grad(), self.kernels():
+                    return self.model(**self.to_kwargs(tensors))
+
+            made.check(eager)
+        return made
 
     def _static_decoder(self, spec, static_cache: bool | None, cuda_graphs: bool | None) -> StaticDecoder | None:
         """The static KV cache when asked, or by default on torch-cuda-compile for a graph that supports it."""
@@ -190,8 +206,11 @@ class TorchBackend:
         return self._forward(tensors, cache_position=positions)
 
     def run(self, feeds, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        fetch = fetch or self.output_names
+        if self.buckets is not None:  # None once closed: _forward then says so
+            return self.buckets.run(self._tensors(feeds), fetch)
         out = self._forward(self._tensors(feeds))
-        return {n: to_numpy(out[n]) for n in (fetch or self.output_names)}
+        return {n: to_numpy(out[n]) for n in fetch}
 
     def _static(self) -> StaticDecoder | None:
         if self.model is None:
