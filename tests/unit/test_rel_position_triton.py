@@ -15,8 +15,8 @@ import math
 
 import pytest
 import torch
-from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
-from test_rel_position_op import attrs, make_inputs
+from support import has_cuda_kernel, kernel_error, run_interpreted
+from test_rel_position_op import BATCH, D_HEAD, N_HEAD, attrs, make_inputs
 
 from trtformer.ops import dispatch
 from trtformer.ops.rel_position import OP, reference, rel_position_attention
@@ -39,10 +39,13 @@ CASES = {
     "fp16-mlen-0": (5, 0, F16, {}, attrs()),
     "fp16-memory-same-length": (18, 5, F16, {}, attrs(mem_len=9, same_length=True, clamp_len=6)),
     "fp16-pre-lnorm-d-head-12": (4, 3, F16, {"n_head": 2, "d_head": 12, "d_model": 16}, attrs(pre_lnorm=True)),
-    # the tiles the GPU uses (interpreted; fp32 32 x 32, fp16 64 x 64): tails, block skipping, clamped distances
+    # for the GPU's configs (interpreted, each config of the space): tails, block skipping, clamped distances
     "cuda-tiles": (70, 60, torch.float32, {}, attrs(mem_len=100, same_length=True, clamp_len=40)),
     "cuda-tiles-fp16": (70, 60, F16, {}, attrs(mem_len=100, same_length=True, clamp_len=40)),
+    "cuda-tiles-d-head-80": (40, 45, torch.float32, {"n_head": 1, "d_head": 80, "d_model": 32}, attrs(clamp_len=50)),
+    "cuda-tiles-fp16-d-head-80": (40, 45, F16, {"n_head": 1, "d_head": 80, "d_model": 32}, attrs(clamp_len=50)),
 }
+GPU_CASES = {torch.float32: ["cuda-tiles", "cuda-tiles-d-head-80"], F16: ["cuda-tiles-fp16", "cuda-tiles-fp16-d-head-80"]}
 TOLERANCE = {torch.float32: 1e-5, F16: 1e-2}  # relative to the output's largest magnitude, if above 1
 
 
@@ -52,17 +55,46 @@ def case(name: str) -> tuple[dict, dict]:
     return make_inputs(qlen, mlen, dtype, **sizes), {**a, **heads}
 
 
+def space(module) -> dict:
+    """Every config of the CUDA config spaces: name -> (dtype, config)."""
+    spaces = {torch.float32: module.CONFIGS_32, F16: module.CONFIGS_16}
+    return {f"{str(dtype)[6:]}-d{d}-{'-'.join(map(str, c))}": (dtype, d, c)
+            for dtype, by_d in spaces.items() for d, configs in by_d.items() for c in configs}  # fmt: skip
+
+
+def compare(module, name: str) -> dict:
+    x, a = case(name)
+    out, new_mem = module.rel_position_attention_triton(**x, **a)
+    want, want_mem = reference(**x, **a)
+    shapes = [list(t.shape) for t in (out, new_mem, want, want_mem)]
+    return {**kernel_error(out, want), "new_mem_equal": torch.equal(new_mem, want_mem), "shapes": shapes}
+
+
+def splits(module, name: str) -> int:
+    """The split count attention_core takes for a case (on CPU tensors: the interpreter's stand-in SM count)."""
+    qlen, mlen, dtype, sizes, _ = CASES[name]
+    config = module.configs(sizes.get("d_head", D_HEAD), dtype, torch.device("cpu"))[0]
+    programs = -(-qlen // config.block_m) * sizes.get("batch", BATCH) * sizes.get("n_head", N_HEAD)
+    return module.split_count(config, qlen, qlen + mlen, programs, torch.device("cpu"))
+
+
 def interpreter_run() -> dict:
-    """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1)."""
+    """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1): with the
+    interpreter's config, again with split-K forced (a stand-in SM count that the small grids do not fill, one key tile
+    per share, so shares hold no allowed key for some rows, or none at all), and with each config of the CUDA spaces
+    (split where the config splits) on the cases that cross their tiles."""
     module = registry.PLUGINS["RelPositionAttention"].load_triton()
-    results, tiles = {}, module.block_sizes
+    results = {name: compare(module, name) for name in CASES}
+    module.INTERPRETER_SMS, module.MIN_SPLIT_TILES = 64, 1
     for name in CASES:
-        x, a = case(name)
-        module.block_sizes = as_on_cuda(tiles) if name.startswith("cuda-tiles") else tiles
-        out, new_mem = module.rel_position_attention_triton(**x, **a)
-        want, want_mem = reference(**x, **a)
-        shapes = [list(t.shape) for t in (out, new_mem, want, want_mem)]
-        results[name] = {**kernel_error(out, want), "new_mem_equal": torch.equal(new_mem, want_mem), "shapes": shapes}
+        results[f"split/{name}"] = {**compare(module, name), "splits": splits(module, name)}
+    configs = module.configs
+    for label, (dtype, d, config) in space(module).items():
+        module.configs = lambda *_, c=config: [c]
+        for name in GPU_CASES[dtype]:
+            if (CASES[name][3].get("d_head", D_HEAD) <= 64) == (d == 64):  # the space the case's d_head picks
+                results[f"config/{label}/{name}"] = {**compare(module, name), "splits": splits(module, name)}
+    module.configs = configs
     x, a = case("memory")  # after the import: the op on CPU tensors still runs the eager reference
     results["cpu_dispatch_is_reference"] = all(map(torch.equal, rel_position_attention(**x, **a), reference(**x, **a)))
     results["cuda_kernel_registered"] = has_cuda_kernel("trtformer::rel_position_attention")
@@ -97,11 +129,35 @@ def interpreted() -> dict:
 
 @pytest.mark.parametrize("name", CASES)
 def test_interpreted_kernel_matches_eager_op(interpreted, name):
-    r = interpreted[name]
-    dtype = CASES[name][2]
+    check(interpreted[name], CASES[name][2])
+
+
+def check(r: dict, dtype: torch.dtype) -> None:
     assert r["dtype"] == str(dtype) and r["shapes"][:2] == r["shapes"][2:]
     assert r["max_abs"] <= TOLERANCE[dtype] * max(1.0, r["scale"]), r["max_abs"]  # pre_lnorm outputs are not ~1
     assert r["new_mem_equal"]  # the memory copy is bit for bit
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_interpreted_split_k_matches_eager_op(interpreted, name):
+    """Split-K forced: each share's partial (m, l, acc) merged by the combine kernel gives the unsplit result, with
+    shares that are empty or hold only masked keys for some rows, and with every key masked (same_length, mem_len 0)."""
+    r = interpreted[f"split/{name}"]
+    check(r, CASES[name][2])
+    qlen, mlen = CASES[name][:2]
+    assert r["splits"] > 1 or qlen + mlen <= 16  # a single key tile cannot be split
+
+
+def test_every_cuda_config_matches_eager_op_interpreted(interpreted):
+    """No config the tuner could pick on a GPU is wrong: each, split where it splits, across its block edges."""
+    from trtformer.plugins.rel_position import triton as module
+
+    ran = {k.split("/")[1] for k in interpreted if k.startswith("config/")}
+    assert ran == set(space(module)), set(space(module)) - ran
+    for key, r in interpreted.items():
+        if key.startswith("config/"):
+            check(r, CASES[key.split("/")[2]][2])
+    assert any(r["splits"] > 1 for k, r in interpreted.items() if k.startswith("config/"))
 
 
 def test_cuda_kernel_registered_and_cpu_keeps_reference(interpreted):
@@ -158,26 +214,62 @@ def test_an_exception_inside_the_context_still_switches_it_off(toy_op):
     assert route(torch.ones(1)).tolist() == [2]
 
 
-@pytest.mark.parametrize("d_head", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, F16], ids=["fp32", "fp16"])
-def test_attention_kernel_compiles_for_sm90_within_shared_memory(dtype, d_head):
-    """Ahead of time, no GPU: the tiles block_sizes picks for CUDA lower to sm_90 code (tl.gather included) and fit
-    the 99 KB of shared memory of the smallest GPUs in view."""
-    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
+def compile_sm90(kernel, consts: dict, types: dict, options: dict):
+    """`kernel` compiled ahead of time for sm_90 (no GPU needed): lowering errors surface, and the metadata and cubin
+    say what a launch would need. `types` maps argument names to Triton types; the other arguments are i32."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in kernel.arg_names}
+    source = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def spilled_bytes(compiled) -> int | None:
+    """Bytes of stack a thread of the compiled kernel uses (register spills), read from its cubin by the cuobjdump
+    Triton ships; None where that tool is missing."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+@pytest.mark.parametrize("d_head", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, F16], ids=["fp32", "fp16"])
+def test_every_config_compiles_for_sm90_within_shared_memory_without_spills(dtype, d_head):
+    """Ahead of time, no GPU: every config of the space the tuner times on CUDA lowers to sm_90 code (tl.gather
+    included), split and unsplit, fits the 99 KB of shared memory of the smallest GPUs in view, and keeps its state in
+    registers (spills to local memory made the old 64 x 64 16-bit default slow); the combine kernel too."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
     from trtformer.plugins.rel_position import triton as module
 
-    block_m, block_n, block_d, warps, stages = module.block_sizes(d_head, dtype, torch.device("cuda"))
-    kernel, ptr = module._attention_kernel, "*fp32" if dtype == torch.float32 else "*fp16"
-    consts = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d,
-              "BAND": triton.next_power_of_2(block_m + block_n - 1), "PRECISION": "ieee" if ptr == "*fp32" else "tf32"}  # fmt: skip
-    sig = {n: "constexpr" if n in consts else "fp32" if n == "qk_scale" else ptr if n[0].isupper() else "i32"
-           for n in kernel.arg_names}  # fmt: skip
-    source = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
-    assert compiled.metadata.shared <= 99 * 1024
+    ptr = "*fp32" if dtype == torch.float32 else "*fp16"
+    types = {"ML": "*fp32", "Acc": "*fp32", "qk_scale": "fp32"} | {n: ptr for n in ("Q", "KV", "P", "U", "VB", "Out")}
+    block_d = max(16, triton.next_power_of_2(d_head))
+    for config in module.configs(d_head, dtype, torch.device("cuda")):
+        for split in sorted({False, config.fill > 0}):
+            consts = {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_D": block_d, "SPLIT": split,
+                      "BAND": triton.next_power_of_2(config.block_m + config.block_n - 1),
+                      "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}  # fmt: skip
+            options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+            compiled = compile_sm90(module._attention_kernel, consts, types, options)
+            assert compiled.metadata.shared <= 99 * 1024, (config, compiled.metadata.shared)
+            assert spilled_bytes(compiled) in (0, None), (config, split, spilled_bytes(compiled))
+    combine = compile_sm90(module._combine_kernel, {"BLOCK_M": module.COMBINE_ROWS, "BLOCK_D": block_d},
+                           {"ML": "*fp32", "Acc": "*fp32", "Out": ptr}, {"num_warps": 4})  # fmt: skip
+    assert combine.metadata.shared <= 99 * 1024 and spilled_bytes(combine) in (0, None)
 
 
 # ---------------------------------------------------------------------------------------------- GPU

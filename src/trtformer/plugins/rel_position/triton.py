@@ -18,12 +18,16 @@ The k/v projection also avoids the concatenation: both parts are written into on
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+import triton.testing
 from torch import Tensor
 
 from ...ops import dispatch
@@ -34,14 +38,16 @@ FILL = tl.constexpr(torch.finfo(torch.float32).min)
 
 
 # Lengths vary from call to call: no value specialisation (1 would become a constexpr and recompile).
-@triton.jit(do_not_specialize=["qlen", "klen", "mlen", "window", "n_rel"])
+@triton.jit(do_not_specialize=["qlen", "klen", "mlen", "window", "n_rel", "n_split"])
 def _attention_kernel(
     Q, KV, P, U, VB, Out,  # [qlen, batch, hd], [klen, batch, 2hd], [n_rel, hd], [heads, d_head] x 2, [qlen, batch, hd]
+    ML, Acc,  # split-K partials, fp32: [n_split, batch * heads, 2, qlen] (m, l) and [n_split, batch * heads, qlen, d_head]
     q_row, kv_row, o_row,  # strides of one time step (batch * hd, batch * 2 * hd, batch * hd)
     batch_stride_q, batch_stride_kv, hd,
-    qlen, klen, mlen, window, n_rel, n_head, d_head, qk_scale,  # qk_scale = log2(e) / sqrt(d_head)
+    qlen, klen, mlen, window, n_rel, n_head, d_head, qk_scale, n_split,  # qk_scale = log2(e) / sqrt(d_head)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BAND: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" for fp32 inputs: tl.dot would otherwise use tf32 where torch's matmul does not
+    SPLIT: tl.constexpr,  # program_id(2) takes one of n_split key ranges and writes partials for _combine_kernel
 ):
     start_m = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1) // n_head
@@ -68,6 +74,11 @@ def _attention_kernel(
     # window <= 0 masks every key (same_length with mem_len 0); the reference then averages all klen values.
     hi = tl.where(window > 0, tl.minimum(klen, mlen + start_m + BLOCK_M), klen)
     lo = tl.where(window > 0, tl.maximum(mlen + start_m - window + 1, 0) // BLOCK_N * BLOCK_N, 0)
+    # Split-K: this program's share of the block's key tiles (n_split 1: all of them). A share can be empty, or hold
+    # only masked keys for some rows; _combine_kernel weighs each share by its maximum, so both drop out there.
+    per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), n_split) * BLOCK_N
+    lo = lo + tl.program_id(2) * per_split
+    hi = tl.minimum(hi, lo + per_split)
     offs_t = tl.arange(0, BAND)
     shift = tl.arange(0, BLOCK_M)[:, None] - tl.arange(0, BLOCK_N)[None, :] + (BLOCK_N - 1)  # band column of (i, j)
     for start_n in range(lo, hi, BLOCK_N):
@@ -98,9 +109,45 @@ def _attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
-    acc = acc / l_i[:, None]
-    o_ptrs = Out + b * batch_stride_q + head + offs_m[:, None] * o_row + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=(offs_m[:, None] < qlen) & d_ok[None, :])
+    row_ok = offs_m < qlen
+    if SPLIT:  # unnormalised partials; an empty share leaves m = -inf, l = 0, acc = 0
+        part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)  # (split, batch * head)
+        tl.store(ML + (2 * part) * qlen + offs_m, m_i, mask=row_ok)
+        tl.store(ML + (2 * part + 1) * qlen + offs_m, l_i, mask=row_ok)
+        a_ptrs = Acc + (part * qlen + offs_m[:, None]) * d_head + offs_d[None, :]
+        tl.store(a_ptrs, acc, mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        o_ptrs = Out + b * batch_stride_q + head + offs_m[:, None] * o_row + offs_d[None, :]
+        tl.store(o_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["qlen", "n_split"])
+def _combine_kernel(ML, Acc, Out, o_row, batch_stride_o, qlen, n_split, n_head, d_head,
+                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, m = max_s m_s: the split shares of _attention_kernel
+    merged as one softmax. A share of only masked keys has m_s = FILL and drops out beside an allowed key; a row with
+    none allowed anywhere (window <= 0) weighs every share 1, averaging all keys as the unsplit kernel does."""
+    bh = tl.program_id(1)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < qlen
+    ok = row_ok[:, None] & (offs_d < d_head)[None, :]
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in range(0, n_split):
+        part = s * tl.num_programs(1) + bh
+        m_s = tl.load(ML + (2 * part) * qlen + offs_m, mask=row_ok, other=float("-inf"))
+        l_s = tl.load(ML + (2 * part + 1) * qlen + offs_m, mask=row_ok, other=0.0)
+        acc_s = tl.load(Acc + (part * qlen + offs_m[:, None]) * d_head + offs_d[None, :], mask=ok, other=0.0)
+        m_new = tl.maximum(m, m_s)
+        alpha = tl.where(m == m_new, 1.0, tl.exp2(m - m_new))  # == first: -inf - -inf would be NaN
+        beta = tl.where(m_s == m_new, 1.0, tl.exp2(m_s - m_new))
+        l_sum = l_sum * alpha + l_s * beta
+        acc = acc * alpha[:, None] + acc_s * beta[:, None]
+        m = m_new
+    o_ptrs = Out + (bh // n_head) * batch_stride_o + (bh % n_head) * d_head + offs_m[:, None] * o_row + offs_d[None, :]
+    tl.store(o_ptrs, (acc / l_sum[:, None]).to(Out.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=["mlen", "first"])
@@ -117,21 +164,98 @@ def _memory_kernel(Mems, Hidden, NewMem, mlen, first, row_numel, BLOCK: tl.const
     tl.store(NewMem + r * row_numel + offs, x, mask=ok)
 
 
-def block_sizes(d_head: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). tl.dot needs every dimension >= 16.
+class Config(NamedTuple):
+    """One launch configuration: tiles, warps, pipeline stages, and `fill`, the programs per SM a split-K launch aims
+    for (0: never split)."""
 
-    Shared memory, from compiling for sm_90 ahead of time: every choice stays under 99 KB, the smallest limit of
-    the GPUs in view (RTX-class; H100 allows 227 KB). fp32 with 64 x 64 tiles and 3 stages needed 344 KB at d_head 128.
-    Not tuned for speed on a GPU yet.
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    fill: int = 0
+
+
+# The interpreter: small tiles, so small test sizes still cross block edges; splits when the base grid has fewer
+# programs than INTERPRETER_SMS (a stand-in SM count, so tests can force split-K on CPU tensors).
+INTERPRETED = Config(16, 16, 1, 1, 1)
+INTERPRETER_SMS = 1
+MIN_SPLIT_TILES = 2  # key tiles a share keeps at least, so partials stay small beside the work (tests set 1)
+COMBINE_ROWS = 16  # query rows per _combine_kernel program (4 warps): no spill at d_head 64 or 128 on sm_90
+
+# Tuned per shape bucket on CUDA (`Tuner`); the first of each list is the default and what block_sizes reports.
+# Every config compiled for sm_90 ahead of time (the tests check each): shared memory under the 99 KB of the smallest
+# GPUs in view, registers per thread (cuobjdump) without spills. The band tile, next_pow2(BLOCK_M + BLOCK_N - 1)
+# columns of fp32 beside the accumulators, sets the register need: 16-bit 64 x 64 tiles with 4 warps spilled 432
+# bytes a thread (255 registers), the old default; 32 x 64 with 4 warps takes 188 registers, 32 KB, no spill.
+CONFIGS_16 = {  # d_head <= 64 (registers, shared memory): 188/32K, 214/52K, 168/20K, 194/28K
+    64: [Config(32, 64, 4, 2, 2), Config(32, 64, 4, 2, 4), Config(64, 32, 8, 2, 2), Config(32, 32, 4, 2, 4),
+         Config(16, 64, 4, 2, 4), Config(32, 64, 4, 2, 0)],
+    128: [Config(32, 64, 8, 2, 2), Config(32, 64, 8, 2, 4), Config(32, 32, 4, 2, 4), Config(16, 32, 4, 2, 4),
+          Config(32, 64, 8, 2, 0)],  # 227/64K, 218/40K, 144/32K
+}
+CONFIGS_32 = {  # fp32, the parity path (ieee dots on FMA units, 32 x 32 tiles spill): 161/26K; 128/64K, 124/40K
+    64: [Config(16, 16, 2, 2, 2), Config(16, 16, 2, 2, 4), Config(16, 16, 2, 2, 0)],
+    128: [Config(16, 32, 8, 1, 2), Config(16, 16, 4, 1, 4), Config(16, 32, 8, 1, 0)],
+}
+
+
+def configs(d_head: int, dtype: torch.dtype, device: torch.device) -> list[Config]:
+    """The config space the tuner times for this head size and dtype; one fixed config off CUDA."""
+    if device.type != "cuda":
+        return [INTERPRETED]
+    space = CONFIGS_32 if dtype == torch.float32 else CONFIGS_16
+    return space[64 if triton.next_power_of_2(d_head) <= 64 else 128]
+
+
+def block_sizes(d_head: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the default config. tl.dot needs every dimension >= 16."""
+    c = configs(d_head, dtype, device)[0]
+    return c.block_m, c.block_n, max(16, triton.next_power_of_2(d_head)), c.num_warps, c.num_stages
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_count(config: Config, qlen: int, klen: int, programs_per_split: int, device: torch.device) -> int:
+    """Key ranges per (query block, batch * head). Transformer-XL's short segments give few programs (q 128 in
+    32-row blocks, batch 1, 8 heads: 32 on a 132-SM H200, each up to 27 key tiles of 64 in a row): split the keys until
+    the grid holds up to `fill` programs per SM (rounded down: one wave, no tail), each share >= MIN_SPLIT_TILES tiles."""
+    sms = INTERPRETER_SMS if device.type != "cuda" else _sm_count(device)
+    if config.fill == 0 or programs_per_split >= config.fill * sms:
+        return 1
+    tiles = triton.cdiv(klen, config.block_n)
+    return max(1, min(config.fill * sms // programs_per_split, tiles // MIN_SPLIT_TILES))  # one wave, no tail
+
+
+class Tuner:
+    """The fastest config per shape bucket, timed with triton.testing.do_bench on the bucket's first CUDA call.
+
+    Buckets, not exact lengths: Transformer-XL's memory grows every segment, and a retune per call would cost more than
+    it saves. Timing launches kernels and synchronises, which a CUDA graph capture forbids: a bucket first seen while
+    capturing runs the default config untimed (and stays untuned); the runtime warms each shape up before capture.
     """
-    block_d = max(16, triton.next_power_of_2(d_head))
-    if device.type != "cuda":  # the interpreter: small tiles, so small test sizes still cross block edges
-        return 16, 16, block_d, 1, 1
-    if dtype == torch.float32:  # the parity path: 57 KB at d_head 64, 82 KB at 128
-        return 32, 32, block_d, 4, 2 if block_d <= 64 else 1
-    # 16-bit: the band is next_pow2(BLOCK_M + BLOCK_N - 1) = 128 for 64 x 64 tiles, so the position dot costs twice
-    # the content dot (64 x 32 would make it four times for the same band). 57 KB at d_head 64, 82 KB at 128.
-    return 64, 64, block_d, 4 if block_d <= 64 else 8, 2
+
+    def __init__(self) -> None:
+        self.best: dict[tuple, object] = {}
+
+    def pick(self, key: tuple, space: list, launch: Callable[[object], None]) -> object:
+        if key in self.best:
+            return self.best[key]
+        if len(space) == 1 or torch.cuda.is_current_stream_capturing():
+            return space[0]
+        ms = [triton.testing.do_bench(lambda c=c: launch(c), warmup=5, rep=20) for c in space]
+        self.best[key] = space[ms.index(min(ms))]
+        return self.best[key]
+
+
+def bucket(*lengths: int) -> tuple[int, ...]:
+    """Lengths to the next power of two: the part of a tuning key that grows with the memory."""
+    return tuple(triton.next_power_of_2(max(1, n)) for n in lengths)
+
+
+TUNER = Tuner()
 
 
 def write_new_memory(hidden: Tensor, mems: Tensor, new_mem: Tensor) -> None:
@@ -147,19 +271,52 @@ def write_new_memory(hidden: Tensor, mems: Tensor, new_mem: Tensor) -> None:
 def attention_core(q: Tensor, kv: Tensor, rel: Tensor, r_w_bias: Tensor, r_r_bias: Tensor, out: Tensor,
                    mlen: int, window: int, n_head: int, d_head: int) -> None:  # fmt: skip
     """out = softmax(content + shifted position scores) @ v, per head; q, out [qlen, batch, hd], kv [klen, batch, 2hd],
-    rel [n_rel, hd] with row d the projected encoding of distance d."""
+    rel [n_rel, hd] with row d the projected encoding of distance d.
+
+    On CUDA the config is tuned per shape bucket on the bucket's first call (see Tuner): warm up before a capture."""
     qlen, batch, hd = q.shape
     if qlen == 0 or batch == 0:
         return
-    block_m, block_n, block_d, warps, stages = block_sizes(d_head, q.dtype, q.device)
-    band = triton.next_power_of_2(block_m + block_n - 1)
-    grid = (triton.cdiv(qlen, block_m), batch * n_head)
-    _attention_kernel[grid](
-        q, kv, rel, r_w_bias, r_r_bias, out, batch * hd, batch * 2 * hd, batch * hd, hd, 2 * hd, hd,
-        qlen, kv.shape[0], mlen, window, rel.shape[0], n_head, d_head, math.log2(math.e) / math.sqrt(d_head),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BAND=band,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+    space, key = configs(d_head, q.dtype, q.device), _tuning_key(q, kv, n_head, d_head, mlen, window)
+    config = TUNER.pick(key, space, lambda c: _launch(c, q, kv, rel, r_w_bias, r_r_bias, out, mlen, window, n_head, d_head))
+    _launch(config, q, kv, rel, r_w_bias, r_r_bias, out, mlen, window, n_head, d_head)
+
+
+def plan(q: Tensor, kv: Tensor, n_head: int, d_head: int, mlen: int, window: int) -> tuple[Config, int]:
+    """The config attention_core runs for these shapes (the tuned one once the bucket is tuned) and its split count."""
+    qlen, batch, _ = q.shape
+    config = TUNER.best.get(_tuning_key(q, kv, n_head, d_head, mlen, window), configs(d_head, q.dtype, q.device)[0])
+    return config, split_count(config, qlen, kv.shape[0], triton.cdiv(qlen, config.block_m) * batch * n_head, q.device)
+
+
+def _tuning_key(q: Tensor, kv: Tensor, n_head: int, d_head: int, mlen: int, window: int) -> tuple:
+    """Head size, dtype, the lengths' buckets, and whether memory or same_length's window shape the mask."""
+    qlen, batch, _ = q.shape
+    return (d_head, q.dtype, *bucket(qlen, kv.shape[0], batch * n_head), mlen == 0, window < kv.shape[0])
+
+
+def _launch(config: Config, q: Tensor, kv: Tensor, rel: Tensor, r_w_bias: Tensor, r_r_bias: Tensor, out: Tensor,
+            mlen: int, window: int, n_head: int, d_head: int) -> None:  # fmt: skip
+    qlen, batch, hd = q.shape
+    klen, bh = kv.shape[0], batch * n_head
+    block_m, block_n = config.block_m, config.block_n
+    block_d = max(16, triton.next_power_of_2(d_head))
+    blocks = triton.cdiv(qlen, block_m)
+    splits = split_count(config, qlen, klen, blocks * bh, q.device)
+    ml = acc = out  # unused without a split
+    if splits > 1:  # fp32 partials: splits * bh * qlen * (d_head + 2) * 4 bytes, 2.2 MB at q 128, 8 x 64, 8 splits
+        ml = torch.empty(splits, bh, 2, qlen, dtype=torch.float32, device=q.device)
+        acc = torch.empty(splits, bh, qlen, d_head, dtype=torch.float32, device=q.device)
+    _attention_kernel[(blocks, bh, splits)](
+        q, kv, rel, r_w_bias, r_r_bias, out, ml, acc, batch * hd, batch * 2 * hd, batch * hd, hd, 2 * hd, hd,
+        qlen, klen, mlen, window, rel.shape[0], n_head, d_head, math.log2(math.e) / math.sqrt(d_head), splits,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BAND=triton.next_power_of_2(block_m + block_n - 1),
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )  # fmt: skip
+    if splits > 1:
+        _combine_kernel[(triton.cdiv(qlen, COMBINE_ROWS), bh)](ml, acc, out, batch * hd, hd, qlen, splits, n_head,
+                                                               d_head, BLOCK_M=COMBINE_ROWS, BLOCK_D=block_d)  # fmt: skip
 
 
 def rel_position_attention_into(
