@@ -107,7 +107,8 @@ class EncoderBuckets:
     it may be switched on later) each bucket a Captured graph."""
 
     def __init__(self, graph, forward: Forward, device: Device, pad_id: int = 0, buckets: Sequence[int] | None = None,
-                 batches: Sequence[int] = BATCH_BUCKETS, cuda_graphs: bool = False, backend: str = ""):
+                 batches: Sequence[int] = BATCH_BUCKETS, cuda_graphs: bool = False, backend: str = "",
+                 compiled: bool = False):
         why = unsupported(graph)
         if why is not None:
             raise BackendError(f"shape buckets are for encoder graphs with [batch, seq] ids and a padding mask; graph "
@@ -117,6 +118,7 @@ class EncoderBuckets:
         self.graph, self.forward, self.device, self.backend = graph, forward, device, backend
         self.lengths, self.batches = sequence_buckets(graph, buckets), tuple(batches)
         self.cuda_graphs = cuda_graphs
+        self.compiled = compiled  # torch.compile runs under no dispatch mode: captures skip no_host_reads (see check)
         ids = graph.role_input("ids")
         self.ids = ids.name
         self.fill = {t.name: pad_id if t.role == "ids" else NEUTRAL[t.role] for t in graph.inputs}
@@ -157,8 +159,8 @@ class EncoderBuckets:
                     import torch
 
                     self.pool = torch.cuda.graph_pool_handle()
-                captured = self.captured[key] = Captured(self.forward, {n: self._padded(n, t, size) for n, t in rows.items()},
-                                                         self.pool)  # fmt: skip
+                inputs = {n: self._padded(n, t, size) for n, t in rows.items()}
+                captured = self.captured[key] = Captured(self.forward, inputs, self.pool, check=not self.compiled)
             else:
                 for name, value in rows.items():
                     self._write(captured.inputs[name], name, value)

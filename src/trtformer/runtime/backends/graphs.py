@@ -87,31 +87,34 @@ class Captured:
     `inputs` are used as they are, not copied: a caller may hand buffers it owns (a cache the graph writes in place).
     `after(inputs, outputs)`, when given, runs inside the capture after the forward: in-place writes that belong to the
     step (a new memory copied back over the old).
+    `check=False` runs the forward without no_host_reads: torch.compile refuses to run under a dispatch mode, so a
+    compiled forward's caller checks the eager model instead (a host read in a capture still fails, in CUDA's words).
     """
 
     def __init__(self, forward: Forward, inputs: dict[str, Tensor], pool=None, warmup: int = 2,
-                 after: Callable[[dict[str, Tensor], dict[str, Tensor]], None] | None = None):
+                 after: Callable[[dict[str, Tensor], dict[str, Tensor]], None] | None = None, check: bool = True):
         import torch
 
         self.inputs, self.forward, self.after = inputs, forward, after
+        self.checked = no_host_reads if check else contextlib.nullcontext
         self.device = next(iter(inputs.values())).device
         self.replays = 0
         # Construction never takes the step (the first replay does): warm-ups run the forward alone, and a capture
         # records kernels without running them, so `after`'s in-place writes happen once per replay.
         if self.device.type != "cuda":  # the CPU stand-in: a first forward's outputs become the static outputs
             self.graph = None
-            with no_host_reads():
+            with self.checked():
                 self.outputs = self.forward(self.inputs)
             return
         # Warm-ups (which compile, autotune and allocate) on a side stream, as torch.cuda.graphs asks.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), no_host_reads():
+        with torch.cuda.stream(side), self.checked():
             for _ in range(warmup):
                 self.forward(self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with no_host_reads(), torch.cuda.graph(self.graph, pool=pool):
+        with self.checked(), torch.cuda.graph(self.graph, pool=pool):
             self.outputs = self.forward(self.inputs)
             if self.after is not None:
                 self.after(self.inputs, self.outputs)
@@ -126,7 +129,7 @@ class Captured:
         if self.graph is not None:
             self.graph.replay()
         else:
-            with no_host_reads():
+            with self.checked():
                 for name, new in self.forward(self.inputs).items():
                     self.outputs[name].copy_(new)
                 if self.after is not None:

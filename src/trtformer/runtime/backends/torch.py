@@ -147,20 +147,27 @@ class TorchBackend:
         or by default on torch-cuda-compile for a graph that supports them (BERT-like, Longformer, seq2seq encoders)."""
         from .buckets import EncoderBuckets, unsupported
 
-        if cuda_graphs is None:
+        default = cuda_graphs is None
+        if default:
             cuda_graphs = self.name == "torch-cuda-compile" and unsupported(spec) is None
         if buckets is None and not cuda_graphs:
             return None
         pad_id = getattr(getattr(self.model, "config", None), "pad_token_id", None)
         made = EncoderBuckets(spec, self._forward, self.device, pad_id or 0, buckets, cuda_graphs=cuda_graphs,
-                              backend=self.name)  # fmt: skip
+                              backend=self.name, compiled=self.compiled is not None)  # fmt: skip
         if cuda_graphs:  # the eager forward has the compiled one's ops: no compile needed to find a host read
 
             def eager(tensors):
                 with torch.no_grad(), self.kernels():
                     return self.model(**self.to_kwargs(tensors))
 
-            made.check(eager)
+            try:
+                made.check(eager)
+            except BackendError:
+                if not default:
+                    raise
+                made.cuda_graphs = False  # a default never refuses the backend: uncaptured, as before
+                return made if buckets is not None else None
         return made
 
     def _static_decoder(self, spec, static_cache: bool | None, cuda_graphs: bool | None) -> StaticDecoder | None:
