@@ -84,18 +84,22 @@ def add_backend_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
     parser.add_argument("--engine", metavar="NAME", help="tensorrt: which of the artifact's engines to run, e.g. "
                         "engines/tensorrt-0123456789abcdef.engine (default: the newest that fits the toolkit and GPU)")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="tensorrt: keep state in fixed buffers and replay CUDA graphs of repeated step shapes")
+                        help="tensorrt and torch-cuda*: replay CUDA graphs of fixed-shape steps (GPT decode over a static KV cache, "
+                        "Transformer-XL segments over a full memory, encoder shape buckets; on by default on torch-cuda-compile)")
 
 
 def backend_options(args, **extra) -> dict:
     """Keyword arguments for the chosen backend; a flag meant for another backend is an input error, not ignored."""
-    tensorrt_only = {k: v for k, v in (("engine", args.engine), ("cuda_graphs", args.cuda_graphs)) if v}
-    if tensorrt_only and args.backend != "tensorrt":
-        flags = " and ".join(f"--{k.replace('_', '-')}" for k in tensorrt_only)
-        raise InputError(f"{flags} applies to the tensorrt backend, not {args.backend}", hint="add --backend tensorrt")
+    from .runtime import backends
+
+    flags = {k: v for k, v in (("engine", args.engine), ("cuda_graphs", args.cuda_graphs)) if v}
+    for option in flags:
+        why = backends.misplaced(option, args.backend, "--" + option.replace("_", "-"))
+        if why:
+            raise InputError(why, hint=f"add --backend {backends.taking(option)[0]}")
     if extra.get("threads") and args.backend == "tensorrt":
         raise InputError("--threads sets CPU threads, and the tensorrt backend runs on the GPU")
-    return {**tensorrt_only, **{k: v for k, v in extra.items() if v}}
+    return {**flags, **{k: v for k, v in extra.items() if v}}
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -56,7 +56,7 @@ def test_text_prompt_without_tokenizer_is_a_clear_error(tmp_path, capsys):
         (["generate", "{art}", "--prompt-ids", "1,2,999999"], "outside [0, 299]"),
         (["generate", "{art}", "--prompt-ids", "1", "--max-new-tokens", "500"], "exceeds the context of 64"),
         (["parity", "{art}", "--backend", "ort-cuda"], "CUDAExecutionProvider"),
-        (["parity", "{art}", "--cuda-graphs"], "--cuda-graphs applies to the tensorrt backend, not ort-cpu"),
+        (["parity", "{art}", "--cuda-graphs"], "--cuda-graphs applies to the torch-cuda, torch-cuda-triton, torch-cuda-compile, tensorrt backends, not ort-cpu"),
         (["generate", "{art}", "--prompt-ids", "1", "--backend", "torch", "--engine", "engines/x.engine"],
          "--engine applies to the tensorrt backend, not torch"),
         (["bench", "{art}", "--backend", "tensorrt", "--threads", "2"], "the tensorrt backend runs on the GPU"),

@@ -162,6 +162,15 @@ def test_the_transfo_xl_forward_reads_nothing_back_once_the_session_checked_the_
             session.step({"input_ids": np.array([[1, 512]])})
 
 
+def test_the_transfo_xl_triton_path_reads_nothing_back():
+    """What torch-cuda-triton captures: the forward with the rel-position op's Triton wrapper (run under Triton's
+    interpreter on CPU tensors), a full memory in and out, passes no_host_reads."""
+    from support import run_interpreted
+
+    result = run_interpreted(__file__)
+    assert result == {"transfo_xl": "no host reads", "new_mems": [16, 2, 64], "body": "trtformer.plugins.rel_position.triton"}
+
+
 def test_segment_graphs_are_refused_on_cpu(preset_artifact):
     with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
         trtformer.load(preset_artifact("tiny-transfo-xl"), backend="torch", cuda_graphs=True)
@@ -185,3 +194,18 @@ def test_gpu_full_memory_segments_are_captured(preset_artifact, backend):
             np.testing.assert_allclose(got.feed(ids), want.feed(ids), rtol=2e-2, atol=2e-2)
         assert graphed.backend.segments.graphs[1, 8].captured.graph is not None  # a real CUDA graph
         assert graphed.backend.segments.graphs[1, 8].captured.replays == 4  # segments 3 to 6: the memory (16 rows) is full after two
+
+
+if __name__ == "__main__":  # under TRITON_INTERPRET=1, from test_the_transfo_xl_triton_path_reads_nothing_back
+    import json
+
+    from trtformer.families import preset
+    from trtformer.ops import dispatch, rel_position
+    from trtformer.plugins.registry import triton_kernels
+
+    model = preset("tiny-transfo-xl").model
+    ids, mems = torch.randint(0, 500, (2, 8)), model.empty_mems(2, 16)
+    with triton_kernels(), no_host_reads():
+        out = model(ids, mems, check_values=False)
+        body = dispatch.implementation(rel_position.OP)
+    print(json.dumps({"transfo_xl": "no host reads", "new_mems": list(out["new_mems.0"].shape), "body": body.__module__}))

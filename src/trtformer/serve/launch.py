@@ -18,17 +18,16 @@ from .models import ServedModel
 from .repository import DEFAULT_BATCHING, Batching, model_name, serving_repository
 from .server import Ports, TritonServer
 
-TENSORRT_ONLY = ("engine", "cuda_graphs")
-
 
 def backend_options(backend: str, options: dict) -> dict:
     """The options that reach each model instance's Session; a tensorrt flag with another backend is refused."""
     if backend not in backends.names():
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(backends.names())}")
     options = {k: v for k, v in options.items() if v}
-    wrong = [k for k in TENSORRT_ONLY if k in options and backend != "tensorrt"]
-    if wrong:
-        raise InputError(f"{', '.join(wrong)} applies to the tensorrt backend, not {backend}")
+    for option in options:
+        why = backends.misplaced(option, backend)
+        if why:
+            raise InputError(why)
     return options
 
 

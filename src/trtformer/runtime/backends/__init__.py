@@ -29,6 +29,24 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The backends that run on a GPU: only they replay CUDA graphs.
+ON_GPU = ("torch-cuda", "torch-cuda-triton", "torch-cuda-compile", "ort-cuda", "tensorrt")
+
+
+def taking(option: str) -> list[str]:
+    """The backends that take `option` (cuda_graphs: those of them on a GPU)."""
+    return [name for name, (_, factory, _) in REGISTRY.items()
+            if option in OPTIONS[factory] and (option != "cuda_graphs" or name in ON_GPU)]  # fmt: skip
+
+
+def misplaced(option: str, backend: str, spelled: str | None = None) -> str | None:
+    """Why `backend` cannot take `option` (written as `spelled`, e.g. a command-line flag), or None."""
+    takers = taking(option)
+    if backend in takers:
+        return None
+    return f"{spelled or option} applies to the {', '.join(takers)} backend{'s' if len(takers) > 1 else ''}, not {backend}"
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 
@@ -46,4 +64,4 @@ def create(name: str, artifact, graph: str | None = None, **options) -> Backend:
     return cls(artifact, graph=graph, **{**defaults, **options})
 
 
-__all__ = ["Backend", "State", "REGISTRY", "create", "names"]
+__all__ = ["Backend", "State", "REGISTRY", "create", "names", "taking"]
