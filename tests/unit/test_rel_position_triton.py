@@ -45,7 +45,7 @@ CASES = {
     "cuda-tiles-d-head-80": (40, 45, torch.float32, {"n_head": 1, "d_head": 80, "d_model": 32}, attrs(clamp_len=50)),
     "cuda-tiles-fp16-d-head-80": (40, 45, F16, {"n_head": 1, "d_head": 80, "d_model": 32}, attrs(clamp_len=50)),
 }
-GPU_CASES = {torch.float32: ["cuda-tiles", "cuda-tiles-d-head-80"], F16: ["cuda-tiles-fp16", "cuda-tiles-fp16-d-head-80"]}
+GPU_CASES = {torch.float32: ["cuda-tiles", "cuda-tiles-d-head-80"], F16: ["cuda-tiles-fp16", "cuda-tiles-fp16-d-head-80"]}  # fmt: skip
 TOLERANCE = {torch.float32: 1e-5, F16: 1e-2}  # relative to the output's largest magnitude, if above 1
 
 
@@ -74,8 +74,8 @@ def splits(module, name: str) -> int:
     """The split count attention_core takes for a case (on CPU tensors: the interpreter's stand-in SM count)."""
     qlen, mlen, dtype, sizes, _ = CASES[name]
     config = module.configs(sizes.get("d_head", D_HEAD), dtype, torch.device("cpu"))[0]
-    programs = -(-qlen // config.block_m) * sizes.get("batch", BATCH) * sizes.get("n_head", N_HEAD)
-    return module.split_count(config, qlen, qlen + mlen, programs, torch.device("cpu"))
+    bh = sizes.get("batch", BATCH) * sizes.get("n_head", N_HEAD)
+    return module._splits(config, qlen, qlen + mlen, bh, torch.device("cpu"))
 
 
 def interpreter_run() -> dict:
@@ -214,16 +214,24 @@ def test_an_exception_inside_the_context_still_switches_it_off(toy_op):
     assert route(torch.ones(1)).tolist() == [2]
 
 
-def compile_sm90(kernel, consts: dict, types: dict, options: dict):
+def compile_sm90(kernel, consts: dict, types: dict, options: dict, divisible: tuple[str, ...] = ()):
     """`kernel` compiled ahead of time for sm_90 (no GPU needed): lowering errors surface, and the metadata and cubin
-    say what a launch would need. `types` maps argument names to Triton types; the other arguments are i32."""
+    say what a launch would need. `types` maps argument names to Triton types; the other arguments are i32. Pointers
+    and the `divisible` integers get the hint a launch gives 16-aligned pointers and multiples of 16 (head size 64,
+    strides), on which vector loads depend."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in kernel.arg_names}
-    source = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+    hinted = [i for i, n in enumerate(kernel.arg_names) if sig[n].startswith("*") or n in divisible]
+    source = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()},
+                       attrs={(i,): [["tt.divisibility", 16]] for i in hinted})  # fmt: skip
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+# The integer arguments a launch at the GPU sizes (d_head 64 or 128, heads * d_head 512 or more) hints as multiples of 16
+DIVISIBLE = ("q_row", "kv_row", "o_row", "batch_stride_q", "batch_stride_kv", "hd", "d_head")
 
 
 def spilled_bytes(compiled) -> int | None:
@@ -264,12 +272,14 @@ def test_every_config_compiles_for_sm90_within_shared_memory_without_spills(dtyp
                       "BAND": triton.next_power_of_2(config.block_m + config.block_n - 1),
                       "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}  # fmt: skip
             options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-            compiled = compile_sm90(module._attention_kernel, consts, types, options)
+            compiled = compile_sm90(module._attention_kernel, consts, types, options, DIVISIBLE)
             assert compiled.metadata.shared <= 99 * 1024, (config, compiled.metadata.shared)
             assert spilled_bytes(compiled) in (0, None), (config, split, spilled_bytes(compiled))
-    combine = compile_sm90(module._combine_kernel, {"BLOCK_M": module.COMBINE_ROWS, "BLOCK_D": block_d},
-                           {"ML": "*fp32", "Acc": "*fp32", "Out": ptr}, {"num_warps": 4})  # fmt: skip
-    assert combine.metadata.shared <= 99 * 1024 and spilled_bytes(combine) in (0, None)
+    for gather in (False, True):
+        combine = compile_sm90(module._combine_kernel, {"BLOCK_M": module.COMBINE_ROWS, "BLOCK_D": block_d,
+                               "GATHER": gather}, {"ML": "*fp32", "Acc": "*fp32", "Out": ptr, "Pos": "*i32",
+                               "Count": "*i32"}, {"num_warps": 4}, ("s_h", "s_row", "d_head"))  # fmt: skip
+        assert combine.metadata.shared <= 99 * 1024 and spilled_bytes(combine) in (0, None)
 
 
 # ---------------------------------------------------------------------------------------------- GPU

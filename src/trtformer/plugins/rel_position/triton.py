@@ -110,44 +110,60 @@ def _attention_kernel(
         m_i = m_new
 
     row_ok = offs_m < qlen
-    if SPLIT:  # unnormalised partials; an empty share leaves m = -inf, l = 0, acc = 0
+    if SPLIT:
         part = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)  # (split, batch * head)
-        tl.store(ML + (2 * part) * qlen + offs_m, m_i, mask=row_ok)
-        tl.store(ML + (2 * part + 1) * qlen + offs_m, l_i, mask=row_ok)
-        a_ptrs = Acc + (part * qlen + offs_m[:, None]) * d_head + offs_d[None, :]
-        tl.store(a_ptrs, acc, mask=row_ok[:, None] & d_ok[None, :])
+        store_partials(ML, Acc, part, qlen, d_head, offs_m, row_ok, offs_d, d_ok, m_i, l_i, acc)
     else:
         o_ptrs = Out + b * batch_stride_q + head + offs_m[:, None] * o_row + offs_d[None, :]
         tl.store(o_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["qlen", "n_split"])
-def _combine_kernel(ML, Acc, Out, o_row, batch_stride_o, qlen, n_split, n_head, d_head,
-                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-    """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, m = max_s m_s: the split shares of _attention_kernel
-    merged as one softmax. A share of only masked keys has m_s = FILL and drops out beside an allowed key; a row with
-    none allowed anywhere (window <= 0) weighs every share 1, averaging all keys as the unsplit kernel does."""
+@triton.jit(do_not_specialize=["rows", "n_split"])
+def _combine_kernel(
+    ML, Acc, Out, Pos, Count,  # partials [n_split, batch * heads, 2, rows], [n_split, batch * heads, rows, d_head]
+    s_b, s_h, s_row, pos_b, rows, n_split, n_head, d_head,  # s_*: Out's strides of batch, head and row
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    GATHER: tl.constexpr,  # row i is slot i of a list of positions (Pos [batch, pos_b], Count [batch] in use)
+):  # fmt: skip
+    """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s, m = max_s m_s: the split shares of a key range merged
+    as one softmax. A share of only masked keys has m_s = FILL and drops out beside an allowed key; a row with none
+    allowed anywhere (window <= 0) weighs every share 1, averaging all keys as the unsplit kernel does."""
     bh = tl.program_id(1)
+    b = (bh // n_head).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < qlen
+    row_ok = offs_m < rows
+    if GATHER:
+        row_ok = row_ok & (offs_m < tl.load(Count + b))
+        dest = tl.load(Pos + b * pos_b + offs_m, mask=row_ok, other=0)
+    else:
+        dest = offs_m
     ok = row_ok[:, None] & (offs_d < d_head)[None, :]
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s in range(0, n_split):
         part = s * tl.num_programs(1) + bh
-        m_s = tl.load(ML + (2 * part) * qlen + offs_m, mask=row_ok, other=float("-inf"))
-        l_s = tl.load(ML + (2 * part + 1) * qlen + offs_m, mask=row_ok, other=0.0)
-        acc_s = tl.load(Acc + (part * qlen + offs_m[:, None]) * d_head + offs_d[None, :], mask=ok, other=0.0)
+        m_s = tl.load(ML + (2 * part) * rows + offs_m, mask=row_ok, other=float("-inf"))
+        l_s = tl.load(ML + (2 * part + 1) * rows + offs_m, mask=row_ok, other=0.0)
+        acc_s = tl.load(Acc + (part * rows + offs_m[:, None]) * d_head + offs_d[None, :], mask=ok, other=0.0)
         m_new = tl.maximum(m, m_s)
         alpha = tl.where(m == m_new, 1.0, tl.exp2(m - m_new))  # == first: -inf - -inf would be NaN
         beta = tl.where(m_s == m_new, 1.0, tl.exp2(m_s - m_new))
         l_sum = l_sum * alpha + l_s * beta
         acc = acc * alpha[:, None] + acc_s * beta[:, None]
         m = m_new
-    o_ptrs = Out + (bh // n_head) * batch_stride_o + (bh % n_head) * d_head + offs_m[:, None] * o_row + offs_d[None, :]
+    o_ptrs = Out + b * s_b + (bh % n_head) * s_h + dest[:, None] * s_row + offs_d[None, :]
     tl.store(o_ptrs, (acc / l_sum[:, None]).to(Out.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def store_partials(ML, Acc, part, rows, d_head, offs_m, row_ok, offs_d, d_ok, m_i, l_i, acc):
+    """Split share `part` (= split * batch * heads + batch * head) of rows offs_m: unnormalised (m, l, acc) in the
+    layout _combine_kernel reads. An empty share stores its initial m, l = 0 and acc = 0, which drop out there."""
+    tl.store(ML + (2 * part) * rows + offs_m, m_i, mask=row_ok)
+    tl.store(ML + (2 * part + 1) * rows + offs_m, l_i, mask=row_ok)
+    tl.store(Acc + (part * rows + offs_m[:, None]) * d_head + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["mlen", "first"])
@@ -183,20 +199,33 @@ MIN_SPLIT_TILES = 2  # key tiles a share keeps at least, so partials stay small 
 COMBINE_ROWS = 16  # query rows per _combine_kernel program (4 warps): no spill at d_head 64 or 128 on sm_90
 
 # Tuned per shape bucket on CUDA (`Tuner`); the first of each list is the default and what block_sizes reports.
-# Every config compiled for sm_90 ahead of time (the tests check each): shared memory under the 99 KB of the smallest
-# GPUs in view, registers per thread (cuobjdump) without spills. The band tile, next_pow2(BLOCK_M + BLOCK_N - 1)
-# columns of fp32 beside the accumulators, sets the register need: 16-bit 64 x 64 tiles with 4 warps spilled 432
-# bytes a thread (255 registers), the old default; 32 x 64 with 4 warps takes 188 registers, 32 KB, no spill.
-CONFIGS_16 = {  # d_head <= 64 (registers, shared memory): 188/32K, 214/52K, 168/20K, 194/28K
-    64: [Config(32, 64, 4, 2, 2), Config(32, 64, 4, 2, 4), Config(64, 32, 8, 2, 2), Config(32, 32, 4, 2, 4),
-         Config(16, 64, 4, 2, 4), Config(32, 64, 4, 2, 0)],
-    128: [Config(32, 64, 8, 2, 2), Config(32, 64, 8, 2, 4), Config(32, 32, 4, 2, 4), Config(16, 32, 4, 2, 4),
-          Config(32, 64, 8, 2, 0)],  # 227/64K, 218/40K, 144/32K
-}
-CONFIGS_32 = {  # fp32, the parity path (ieee dots on FMA units, 32 x 32 tiles spill): 161/26K; 128/64K, 124/40K
-    64: [Config(16, 16, 2, 2, 2), Config(16, 16, 2, 2, 4), Config(16, 16, 2, 2, 0)],
-    128: [Config(16, 32, 8, 1, 2), Config(16, 16, 4, 1, 4), Config(16, 32, 8, 1, 0)],
-}
+# Each config compiled for sm_90 ahead of time with a launch's alignment hints (the tests check all): shared memory
+# (K, V and P tiles times num_stages) under the 99 KB of the smallest GPUs in view, and no register spills
+# (cuobjdump). Registers per thread / shared memory are noted: 65536 registers and 228 KB per H100/H200 SM set how
+# many programs an SM holds, which `fill` matches. The fp32 band tile, next_pow2(BLOCK_M + BLOCK_N - 1) columns,
+# dominates the registers: the old 16-bit default, 64 x 64 with 4 warps, took 112 KB and spilled 136 B a thread.
+CONFIGS_16 = {
+    64: [Config(32, 64, 4, 2, 2),  # 218 / 48 KB: 2 programs an SM
+         Config(32, 64, 4, 2, 1), Config(32, 32, 4, 3, 3),  # 133 / 44 KB: 3
+         Config(16, 32, 4, 2, 4),  # 98 / 24 KB: 4
+         Config(16, 64, 4, 3, 3),  # 138 / 76 KB
+         Config(64, 32, 8, 2, 1),  # 202 / 96 KB: 1
+         Config(32, 64, 4, 2, 0)],  # unsplit
+    128: [Config(32, 32, 4, 2, 2),  # 176 / 52 KB
+          Config(32, 64, 8, 2, 1),  # 176 / 88 KB
+          Config(16, 32, 4, 2, 4),  # 106 / 44 KB
+          Config(16, 64, 4, 2, 2),  # 183 / 80 KB
+          Config(32, 32, 4, 2, 0)],
+}  # fmt: skip
+CONFIGS_32 = {  # fp32, the parity path: ieee dots on the FMA units, so small tiles
+    64: [Config(16, 16, 2, 2, 4),  # 114 / 26 KB
+         Config(16, 16, 4, 2, 4),  # 90 / 26 KB
+         Config(16, 32, 4, 1, 2),  # 146 / 32 KB
+         Config(32, 32, 8, 2, 1),  # 255 / 56 KB
+         Config(16, 16, 2, 2, 0)],
+    128: [Config(16, 32, 8, 1, 1),  # 93 / 64 KB
+          Config(16, 32, 8, 1, 2), Config(16, 32, 8, 1, 0)],
+}  # fmt: skip
 
 
 def configs(d_head: int, dtype: torch.dtype, device: torch.device) -> list[Config]:
@@ -218,15 +247,17 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_count(config: Config, qlen: int, klen: int, programs_per_split: int, device: torch.device) -> int:
+def split_count(config: Config, klen: int, programs_per_split: int, device: torch.device, interpreter_sms: int,
+                min_tiles: int) -> int:  # fmt: skip
     """Key ranges per (query block, batch * head). Transformer-XL's short segments give few programs (q 128 in
     32-row blocks, batch 1, 8 heads: 32 on a 132-SM H200, each up to 27 key tiles of 64 in a row): split the keys until
-    the grid holds up to `fill` programs per SM (rounded down: one wave, no tail), each share >= MIN_SPLIT_TILES tiles."""
-    sms = INTERPRETER_SMS if device.type != "cuda" else _sm_count(device)
+    the grid holds up to `fill` programs per SM (rounded down: one wave, no tail), each share >= min_tiles tiles. Off
+    CUDA, `interpreter_sms` stands in for the SM count."""
+    sms = interpreter_sms if device.type != "cuda" else _sm_count(device)
     if config.fill == 0 or programs_per_split >= config.fill * sms:
         return 1
     tiles = triton.cdiv(klen, config.block_n)
-    return max(1, min(config.fill * sms // programs_per_split, tiles // MIN_SPLIT_TILES))  # one wave, no tail
+    return max(1, min(config.fill * sms // programs_per_split, tiles // min_tiles))  # one wave, no tail
 
 
 class Tuner:
@@ -278,15 +309,20 @@ def attention_core(q: Tensor, kv: Tensor, rel: Tensor, r_w_bias: Tensor, r_r_bia
     if qlen == 0 or batch == 0:
         return
     space, key = configs(d_head, q.dtype, q.device), _tuning_key(q, kv, n_head, d_head, mlen, window)
-    config = TUNER.pick(key, space, lambda c: _launch(c, q, kv, rel, r_w_bias, r_r_bias, out, mlen, window, n_head, d_head))
-    _launch(config, q, kv, rel, r_w_bias, r_r_bias, out, mlen, window, n_head, d_head)
+    args = (q, kv, rel, r_w_bias, r_r_bias, out, mlen, window, n_head, d_head)
+    _launch(TUNER.pick(key, space, lambda c: _launch(c, *args)), *args)
 
 
 def plan(q: Tensor, kv: Tensor, n_head: int, d_head: int, mlen: int, window: int) -> tuple[Config, int]:
     """The config attention_core runs for these shapes (the tuned one once the bucket is tuned) and its split count."""
     qlen, batch, _ = q.shape
     config = TUNER.best.get(_tuning_key(q, kv, n_head, d_head, mlen, window), configs(d_head, q.dtype, q.device)[0])
-    return config, split_count(config, qlen, kv.shape[0], triton.cdiv(qlen, config.block_m) * batch * n_head, q.device)
+    return config, _splits(config, qlen, kv.shape[0], batch * n_head, q.device)
+
+
+def _splits(config: Config, qlen: int, klen: int, bh: int, device: torch.device) -> int:
+    programs = triton.cdiv(qlen, config.block_m) * bh
+    return split_count(config, klen, programs, device, INTERPRETER_SMS, MIN_SPLIT_TILES)
 
 
 def _tuning_key(q: Tensor, kv: Tensor, n_head: int, d_head: int, mlen: int, window: int) -> tuple:
@@ -302,7 +338,7 @@ def _launch(config: Config, q: Tensor, kv: Tensor, rel: Tensor, r_w_bias: Tensor
     block_m, block_n = config.block_m, config.block_n
     block_d = max(16, triton.next_power_of_2(d_head))
     blocks = triton.cdiv(qlen, block_m)
-    splits = split_count(config, qlen, klen, blocks * bh, q.device)
+    splits = _splits(config, qlen, klen, bh, q.device)
     ml = acc = out  # unused without a split
     if splits > 1:  # fp32 partials: splits * bh * qlen * (d_head + 2) * 4 bytes, 2.2 MB at q 128, 8 x 64, 8 splits
         ml = torch.empty(splits, bh, 2, qlen, dtype=torch.float32, device=q.device)
@@ -315,8 +351,10 @@ def _launch(config: Config, q: Tensor, kv: Tensor, rel: Tensor, r_w_bias: Tensor
         num_stages=config.num_stages,
     )  # fmt: skip
     if splits > 1:
-        _combine_kernel[(triton.cdiv(qlen, COMBINE_ROWS), bh)](ml, acc, out, batch * hd, hd, qlen, splits, n_head,
-                                                               d_head, BLOCK_M=COMBINE_ROWS, BLOCK_D=block_d)  # fmt: skip
+        _combine_kernel[(triton.cdiv(qlen, COMBINE_ROWS), bh)](
+            ml, acc, out, ml, ml, hd, d_head, batch * hd, 0, qlen, splits, n_head, d_head, BLOCK_M=COMBINE_ROWS,
+            BLOCK_D=block_d, GATHER=False,
+        )  # fmt: skip
 
 
 def rel_position_attention_into(
