@@ -27,7 +27,7 @@ class MemoryGraph:
     """One (batch, seg): the captured segment and the generation of its memory buffers."""
 
     def __init__(self, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]], feeds: dict[str, Tensor],
-                 state: State, pairs: dict[str, str], pool):
+                 state: State, pairs: dict[str, str], pool, check: bool = True):
         self.pairs = pairs
         self.generation = 0
         inputs = {**{n: t.clone() for n, t in feeds.items()}, **{n: state.values[n].clone() for n in pairs}}
@@ -36,7 +36,7 @@ class MemoryGraph:
             for name, output in pairs.items():
                 inputs[name].copy_(outputs[output])
 
-        self.captured = Captured(forward, inputs, pool, after=write_back)
+        self.captured = Captured(forward, inputs, pool, after=write_back, check=check)
 
     def check(self, state: State) -> None:
         if not isinstance(state, CacheState) or state.cache is not self or state.generation != self.generation:
@@ -57,7 +57,8 @@ class MemoryGraph:
 class SegmentGraphs:
     """The full-memory segments of a Transformer-XL graph, one MemoryGraph per (batch, seg)."""
 
-    def __init__(self, graph, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]], device: Device, backend: str):
+    def __init__(self, graph, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]], device: Device, backend: str,
+                 check: bool = True):
         import torch
 
         if graph.state_kinds != {"memory"}:
@@ -68,6 +69,7 @@ class SegmentGraphs:
         pair = graph.state[0]
         self.axis, self.capacity = pair.axis, graph.dims[graph.state_dim(pair)].max  # mem_len
         self.forward, self.backend = forward, backend
+        self.check = check  # captures run under no_host_reads (not a compiled forward: fullgraph refuses host reads)
         self.graphs: dict[tuple[int, int], MemoryGraph] = {}
         # One memory pool for every graph; on CPU, graphs.Captured's stand-in (for tests: the backends refuse CUDA graphs
         # on a CPU device).
@@ -85,5 +87,5 @@ class SegmentGraphs:
         ids = feeds[self.ids]
         key = (int(ids.shape[0]), int(ids.shape[1]))
         if key not in self.graphs:
-            self.graphs[key] = MemoryGraph(self.forward, feeds, state, self.pairs, self.pool)
+            self.graphs[key] = MemoryGraph(self.forward, feeds, state, self.pairs, self.pool, self.check)
         return self.graphs[key].step(feeds, state, sizes, self.backend)

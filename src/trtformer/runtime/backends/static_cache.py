@@ -87,14 +87,15 @@ class CapturedStep:
     """A decode step (one token) of one batch size as a captured graph over the cache's buffers (graphs.Captured): the
     ids and the position go into static tensors before each replay, the outputs are read from static tensors after."""
 
-    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, Tensor], ids: str, pool):
+    def __init__(self, forward: Forward, cache: StaticKVCache, feeds: dict[str, Tensor], ids: str, pool, check: bool = True):
         import torch
 
         position = torch.tensor([cache.length], dtype=torch.int64, device=feeds[ids].device)
         inputs = {**feeds, ids: feeds[ids].clone(), **cache.buffers, POSITION: position}
         self.ids = ids
         # Warm-ups re-run this very step: they write only the keys and values that every replay writes again.
-        self.captured = Captured(lambda x: forward({n: t for n, t in x.items() if n != POSITION}, x[POSITION]), inputs, pool)
+        self.captured = Captured(lambda x: forward({n: t for n, t in x.items() if n != POSITION}, x[POSITION]), inputs, pool,
+                                 check=check)
 
     def run(self, ids: Tensor, position: int) -> dict[str, Tensor]:
         self.captured.inputs[POSITION].fill_(position)  # a fill kernel: no host-to-device copy
@@ -105,7 +106,7 @@ class StaticDecoder:
     """The static-cache steps of a GPT graph: one StaticKVCache (and with cuda_graphs one CapturedStep) per batch size."""
 
     def __init__(self, graph, capacity: int, dtype: DType, device: Device, forward: Forward,
-                 backend: str, cuda_graphs: bool = False):
+                 backend: str, cuda_graphs: bool = False, check: bool = True):
         import torch
         if "kv-cache" not in graph.state_kinds or graph.role_input("padding-mask") is None:
             raise BackendError(f"a static KV cache is for decoder graphs with a KV cache and an attention mask; graph "
@@ -116,6 +117,7 @@ class StaticDecoder:
         self.axis = next(p.axis for p in graph.state)
         self.capacity, self.dtype, self.device = capacity, dtype, device
         self.forward, self.backend, self.cuda_graphs = forward, backend, cuda_graphs
+        self.check = check  # captures run under no_host_reads (not a compiled forward: fullgraph refuses host reads)
         self.caches: dict[int, StaticKVCache] = {}
         self.captured: dict[int, CapturedStep] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None  # one memory pool for every batch size
@@ -153,7 +155,7 @@ class StaticDecoder:
         feeds = {**feeds, self.mask: cache.mask}
         if self.cuda_graphs and seq == 1:
             if cache.batch not in self.captured:
-                self.captured[cache.batch] = CapturedStep(self.forward, cache, feeds, self.ids, self.pool)
+                self.captured[cache.batch] = CapturedStep(self.forward, cache, feeds, self.ids, self.pool, self.check)
             out = self.captured[cache.batch].run(feeds[self.ids], start)
         else:
             positions = torch.arange(start, end, device=self.device)  # [seq]

@@ -140,7 +140,7 @@ class TorchBackend:
             return None
         if self.device.type != "cuda":
             raise BackendError("CUDA graphs need a CUDA device", hint="use torch-cuda, torch-cuda-triton or torch-cuda-compile")
-        return SegmentGraphs(spec, self._forward, self.device, self.name)
+        return SegmentGraphs(spec, self._forward, self.device, self.name, check=self.compiled is None)
 
     def _encoder_buckets(self, spec, buckets: Sequence[int] | None, cuda_graphs: bool | None):
         """Encoder inputs padded to shape buckets, each bucket a CUDA graph with cuda_graphs (buckets.py): asked for,
@@ -186,7 +186,7 @@ class TorchBackend:
                                "path (GPT decoders have one)", hint="leave static_cache and cuda_graphs off")  # fmt: skip
         state_dtype = self.dtypes[next(iter(self.state_pairs))]
         return StaticDecoder(spec, context_limit(spec), state_dtype, self.device, self._static_forward, self.name,
-                             bool(cuda_graphs))
+                             bool(cuda_graphs), check=self.compiled is None)
 
     @property
     def compiles(self) -> int:
