@@ -13,8 +13,8 @@ import math
 
 import pytest
 import torch
-from support import as_on_cuda, has_cuda_kernel, kernel_error, run_interpreted
-from test_rel_position_triton import route_choices  # which implementation the op's CUDA kernel runs, when
+from support import has_cuda_kernel, kernel_error, run_interpreted
+from test_rel_position_triton import compile_sm90, route_choices, spilled_bytes
 from test_sliding_window_op import LargestTensor  # the largest tensor torch makes while active
 
 from trtformer.ops import dispatch
@@ -36,7 +36,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     transposed: bool = False  # activations as [batch, seq, heads, head_dim] transposed, like split_heads' views
     mask_dtype: torch.dtype = torch.bool
-    gpu_tiles: bool = False  # the tiles block_sizes picks on CUDA, interpreted
+    gpu_tiles: bool = False  # run with every config of the CUDA space of its dtype and head_dim, interpreted
 
     def inputs(self, seed: int = 0, device: str = "cpu") -> tuple[list[torch.Tensor], dict]:
         """[q, k, v, q_global, k_global, v_global, key_padding_mask, global_mask] and the attributes."""
@@ -77,26 +77,51 @@ CASES = {
     "float-masks": Case(1, 12, 4, (1, 2), ((0, 11),), (10,), mask_dtype=torch.float32),
     "fp16-dilations-globals-padding": Case(2, 37, 8, (1, 2, 1, 3), ((0, 3), (1, 5), (1, 30)), (37, 33), dtype=F16),
     "fp16-head-dim-12": Case(1, 19, 4, (1, 3), ((0, 0),), head_dim=12, dtype=F16),
-    # the tiles the GPU uses (interpreted; fp32 32 x 32, fp16 64 x 64): query and key tails at those sizes
+    # for the GPU's configs (interpreted, each config of the space): query and key tails at their tile sizes
     "cuda-tiles": Case(2, 70, 16, (1, 2, 3, 1), ((0, 0), (0, 40), (1, 69)), (70, 61), gpu_tiles=True),
     "cuda-tiles-fp16": Case(1, 90, 32, (1, 4), tuple((0, i) for i in range(0, 90, 13)), dtype=F16, gpu_tiles=True),
+    "cuda-tiles-d80": Case(1, 40, 8, (1, 2), ((0, 3), (0, 39)), (37,), head_dim=80, gpu_tiles=True),
+    "cuda-tiles-fp16-d80": Case(1, 40, 8, (1, 2), ((0, 3), (0, 20)), head_dim=80, dtype=F16, gpu_tiles=True),
+    # 17+ global tokens: a second slot block, which the global kernel's later programs take unsplit
+    "globals-past-the-first-block": Case(1, 45, 4, (1, 2), tuple((0, i) for i in range(0, 45, 2))),
 }
 TOLERANCE = {torch.float32: 1e-5, F16: 1e-2}  # relative to the output's largest magnitude, if above 1
 
 
+def space(module) -> dict:
+    """Every config of the CUDA config spaces: name -> (dtype, head_dim bound, config)."""
+    spaces = {torch.float32: module.CONFIGS_32, F16: module.CONFIGS_16}
+    return {f"{str(dtype)[6:]}-d{d}-{'-'.join(map(str, c))}": (dtype, d, c)
+            for dtype, by_d in spaces.items() for d, configs in by_d.items() for c in configs}  # fmt: skip
+
+
+def compare(module, name: str) -> dict:
+    c = CASES[name]
+    x, a = c.inputs(seed=len(name))
+    out = module.sliding_window_attention_triton(*x, **a)
+    want = sliding_window_reference(*x, **a)
+    padding = x[6] == 0  # [batch, seq]
+    config, splits = module.plan(x[0], a["window"], a["dilations"])
+    return {**kernel_error(out, want), "shapes": [list(out.shape), list(want.shape)], "splits": splits,
+            "finite": bool(out.isfinite().all()), "padding_zero": bool((out.transpose(1, 2)[padding] == 0).all())}  # fmt: skip
+
+
 def interpreter_run() -> dict:
-    """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1)."""
+    """Every case through the Triton implementation and the eager op (this process has TRITON_INTERPRET=1): with the
+    interpreter's config, again with the global rows' split-K forced (a stand-in SM count the small grids do not fill,
+    one key tile per share), and with each config of the CUDA spaces (split) on the cases that cross their tiles."""
     module = registry.PLUGINS["SlidingWindowAttention"].load_triton()
-    results, tiles = {}, module.block_sizes
-    for name, c in CASES.items():
-        module.block_sizes = as_on_cuda(tiles) if c.gpu_tiles else tiles
-        x, a = c.inputs(seed=len(name))
-        out = module.sliding_window_attention_triton(*x, **a)
-        want = sliding_window_reference(*x, **a)
-        padding = x[6] == 0  # [batch, seq]
-        results[name] = {**kernel_error(out, want), "shapes": [list(out.shape), list(want.shape)],
-                         "finite": bool(out.isfinite().all()), "padding_zero": bool((out.transpose(1, 2)[padding] == 0).all())}  # fmt: skip
-    module.block_sizes = tiles
+    results = {name: compare(module, name) for name in CASES}
+    module.INTERPRETER_SMS, module.MIN_SPLIT_TILES = 64, 1
+    results |= {f"split/{name}": compare(module, name) for name in CASES}
+    configs = module.configs
+    for label, (dtype, d, config) in space(module).items():
+        module.configs = lambda *_, c=config: [c]
+        for name, c in CASES.items():
+            if c.gpu_tiles and c.dtype == dtype and (c.head_dim <= 64) == (d == 64):
+                results[f"config/{label}/{name}"] = compare(module, name)
+    module.configs = configs
+    module.INTERPRETER_SMS, module.MIN_SPLIT_TILES = 1, 2
     largest = {}  # torch-side memory: linear in seq, no [seq, seq] tensor
     for seq in (128, 256):
         x, a = Case(1, seq, 8, (1, 2), ((0, 0), (0, seq // 2), (0, seq - 1)), head_dim=16).inputs()
@@ -119,13 +144,39 @@ def interpreted() -> dict:
     return run_interpreted(__file__)
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_interpreted_kernel_matches_eager_op(interpreted, name):
-    r = interpreted[name]
-    dtype = CASES[name].dtype
+def check(r: dict, dtype: torch.dtype) -> None:
     assert r["dtype"] == str(dtype) and r["shapes"][0] == r["shapes"][1]
     assert r["finite"] and r["padding_zero"]
     assert r["max_abs"] <= TOLERANCE[dtype] * max(1.0, r["scale"]), r["max_abs"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_interpreted_kernel_matches_eager_op(interpreted, name):
+    check(interpreted[name], CASES[name].dtype)
+    assert interpreted[name]["splits"] == 1
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_interpreted_split_global_rows_match_eager_op(interpreted, name):
+    """The first global slot block over key shares merged by the combine kernel (shares of padding keys only, and
+    empty shares, included), later slot blocks unsplit, as one softmax with the band as before."""
+    r = interpreted[f"split/{name}"]
+    check(r, CASES[name].dtype)
+    assert r["splits"] > 1 or CASES[name].seq <= 16  # a single key tile cannot be split
+
+
+def test_every_cuda_config_matches_eager_op_interpreted(interpreted):
+    """No config the tuner could pick on a GPU is wrong: each, across its block edges, its global rows split."""
+    from trtformer.plugins.sliding_window import triton as module
+
+    ran = {k.split("/")[1] for k in interpreted if k.startswith("config/")}
+    assert ran == set(space(module)), set(space(module)) - ran
+    configs = space(module)
+    for key, r in interpreted.items():
+        if key.startswith("config/"):
+            _, label, name = key.split("/")
+            check(r, CASES[name].dtype)
+            assert r["splits"] > 1 or CASES[name].seq <= configs[label][2].block_n  # one key tile is not split
 
 
 def test_torch_side_memory_is_linear_in_seq(interpreted):
@@ -142,33 +193,36 @@ def test_the_cuda_kernel_runs_triton_only_inside_triton_kernels(interpreted):
                                          "after": "reference"}  # fmt: skip
 
 
+# The integer arguments a launch at the GPU sizes (head_dim 64 or 128, the model's strides) hints as multiples of 16
+DIVISIBLE = ("sq_b", "sq_h", "sq_n", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b", "so_h", "so_n", "head_dim")
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, F16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("kernel", ["_local_kernel", "_global_kernel"])
-def test_kernels_compile_for_sm90_within_shared_memory(kernel, dtype, head_dim):
-    """Ahead of time, no GPU: the tiles block_sizes picks for CUDA lower to sm_90 code and fit the 99 KB of shared
-    memory of the smallest GPUs in view."""
+def test_every_config_compiles_for_sm90_within_shared_memory_without_spills(dtype, head_dim):
+    """Ahead of time, no GPU: every config of the space the tuner times on CUDA lowers to sm_90 code for both kernels
+    (the global one split and unsplit), fits the 99 KB of shared memory of the smallest GPUs in view and keeps its
+    state in registers; the token-kinds kernel too."""
     triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from trtformer.plugins.sliding_window import triton as module
 
-    block_m, block_n, block_d, warps, stages = module.block_sizes(head_dim, dtype, torch.device("cuda"))
-    fn, ptr = getattr(module, kernel), "*fp32" if dtype == torch.float32 else "*fp16"
-    consts = {
-        "BLOCK_M": block_m,
-        "BLOCK_N": block_n,
-        "BLOCK_D": block_d,
-        "PRECISION": "ieee" if ptr == "*fp32" else "tf32",
-    }
-    pointers = {"Kind": "*i8", "GPos": "*i32", "GCount": "*i32", "Dil": "*i32"}
-    sig = {n: "constexpr" if n in consts else "fp32" if n == "scale" else pointers.get(n, ptr) if n[0].isupper() else "i32"
-           for n in fn.arg_names}  # fmt: skip
-    source = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    options = {"num_warps": warps, "num_stages": stages}
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    assert compiled.metadata.shared <= 99 * 1024
+    ptr = "*fp32" if dtype == torch.float32 else "*fp16"
+    types = {"Kind": "*i8", "GPos": "*i32", "GCount": "*i32", "Dil": "*i32", "ML": "*fp32", "Acc": "*fp32",
+             "scale": "fp32"} | {n: ptr for n in ("Q", "K", "V", "Out")}  # fmt: skip
+    for config in module.configs(head_dim, dtype, torch.device("cuda")):
+        consts = {"BLOCK_N": config.block_n, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+                  "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}  # fmt: skip
+        local = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        kernels = [(module._local_kernel, {"BLOCK_M": config.block_m}, local)] + [
+            (module._global_kernel, {"BLOCK_M": module.GLOBAL_ROWS, "SPLIT": split}, module.global_launch(config, dtype))
+            for split in (False, True)]  # fmt: skip
+        for kernel, more, options in kernels:
+            compiled = compile_sm90(kernel, consts | more, types, options, DIVISIBLE)
+            assert compiled.metadata.shared <= 99 * 1024, (config, kernel, compiled.metadata.shared)
+            assert spilled_bytes(compiled) in (0, None), (config, kernel, more, spilled_bytes(compiled))
+    kinds = compile_sm90(module._kinds_kernel, {"BLOCK": 1024}, {"Real": "*i1", "Glob": "*i1", "Kind": "*i8",
+                         "GPos": "*i32", "GCount": "*i32"}, {"num_warps": 4})  # fmt: skip
+    assert kinds.metadata.shared <= 99 * 1024 and spilled_bytes(kinds) in (0, None)
 
 
 # ---------------------------------------------------------------------------------------------- GPU
