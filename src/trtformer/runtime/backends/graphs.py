@@ -106,10 +106,11 @@ class Captured:
             with self.checked():
                 self.outputs = self.forward(self.inputs)
             return
-        # Warm-ups (which compile, autotune and allocate) on a side stream, as torch.cuda.graphs asks.
+        # Warm-ups on a side stream, as torch.cuda.graphs asks, and unchecked: they compile, autotune, allocate and fill
+        # caches (a one-time host-to-device copy included), work that must happen before the capture, not in it.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), self.checked():
+        with torch.no_grad(), torch.cuda.stream(side):
             for _ in range(warmup):
                 self.forward(self.inputs)
         torch.cuda.current_stream().wait_stream(side)
