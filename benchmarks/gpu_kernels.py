@@ -12,9 +12,10 @@ Rows, for each dtype:
   1600 rows (quick: 32 queries, memories 32 and 64): the Triton attention core (`attention_core`: the four terms, the
   rel-shift by index arithmetic, the causal softmax), SDPA at the same q and k lengths, and the whole op (projections,
   layer norm and new memory included) on the Triton kernels against its eager reference.
-Times are CUDA-event medians of --runs calls after warm-up calls; TFLOP/s counts the useful work (the band and global
-keys a sliding-window query attends, not the keys it skips), so a kernel and SDPA compare on work done, and `x SDPA`
-compares on time. Peak memory is per row (torch.cuda.max_memory_allocated over the calls).
+Times are CUDA-event medians of --runs calls after warm-up calls (the first call at a shape bucket tunes the kernel's
+config, so tuning is never timed; each Triton row records the config the tuner picked and its split-K count). TFLOP/s
+counts the useful work (the band and global keys a sliding-window query attends, not the keys it skips), so a kernel
+and SDPA compare on work done, and `x SDPA` compares on time. Peak memory is per row (torch.cuda.max_memory_allocated over the calls).
 
 Targets (the issue's, fp16): sliding-window <= 0.35x the time of SDPA over all 4096 keys; rel-position core at keys
 1728 <= 2.5x the time of SDPA at q 128, k 1728; the rel-position op faster than its eager reference at every memory
@@ -106,11 +107,16 @@ def cuda_ms(fn: Callable[[], object], warmup: int, runs: int) -> tuple[float, fl
 
 
 def row(kernel: str, dtype: str, shape: str, impl: str, flops: float, fn: Callable[[], object], args,
-        eager: Callable[[], object] | None = None) -> dict:
-    """A measured row; with `eager`, the largest difference of the row's first output from the eager op's."""
+        eager: Callable[[], object] | None = None, plan: Callable[[], tuple] | None = None) -> dict:
+    """A measured row; with `eager`, the largest difference of the row's first output from the eager op's; with
+    `plan`, the Triton config the row ran (the tuner's pick: the warm-up calls tuned the shape's bucket) and its split
+    count."""
     ms, peak = cuda_ms(fn, warmup=0 if args.interpret else 3 if args.quick else 10, runs=args.runs)
     r = {"kernel": kernel, "dtype": dtype, "shape": shape, "impl": impl, "status": "measured", "ms": ms,
          "tflops": flops / (ms * 1e-3) / 1e12, "gflop": flops / 1e9, "peak_mib": peak}  # fmt: skip
+    if plan is not None:
+        config, splits = plan()
+        r["config"], r["splits"] = config._asdict(), splits
     if eager is not None:
         first = [fn(), eager()]
         first = [o[0] if isinstance(o, tuple) else o for o in first]
@@ -145,7 +151,8 @@ def sliding_rows(shape: dict, dtype: str, args) -> list[dict]:
     band = 4 * h * (n - g) * (w + 1 + g) * e + 4 * h * g * n * e  # local rows (band + globals) and global rows
     full = 4 * h * n * n * e
     eager = lambda: sliding_window_reference(*op)  # noqa: E731
-    return [row("sliding-window", dtype, label, "triton", band, lambda: triton.sliding_window_attention_triton(*op), args, eager),
+    plan = lambda: triton.plan(q, w, [1] * h)  # noqa: E731
+    return [row("sliding-window", dtype, label, "triton", band, lambda: triton.sliding_window_attention_triton(*op), args, eager, plan),
             row("sliding-window", dtype, label, "eager op", band, eager, args),
             row("sliding-window", dtype, label, "sdpa (all keys)", full, sdpa(q, k, v), args)]  # fmt: skip
 
@@ -168,8 +175,9 @@ def rel_rows(shape: dict, mem: int, dtype: str, args) -> list[dict]:
     q, kv, rel = rand(qlen, 1, hd), rand(klen, 1, 2 * hd), rand(klen, hd)
     u, vb, out = rand(h, e), rand(h, e), torch.empty(qlen, 1, hd, device=dev, dtype=dt)
     core = 6 * h * qlen * klen * e  # content q.k, position q.r, probabilities @ v
+    plan = lambda: triton.plan(q, kv, h, e, mem, klen)  # noqa: E731
     rows = [row("rel-position", dtype, label, "triton core", core,
-                lambda: triton.attention_core(q, kv, rel, u, vb, out, mem, klen, h, e), args)]  # fmt: skip
+                lambda: triton.attention_core(q, kv, rel, u, vb, out, mem, klen, h, e), args, plan=plan)]  # fmt: skip
     sq, sk, sv = (rand(1, h, n, e) for n in (qlen, klen, klen))
     rows.append(row("rel-position", dtype, label, "sdpa", 4 * h * qlen * klen * e, sdpa(sq, sk, sv), args))
     # The whole op (projections, layer norm, new memory): the Triton kernels against the eager reference.
@@ -178,7 +186,7 @@ def rel_rows(shape: dict, mem: int, dtype: str, args) -> list[dict]:
     op = (rand(qlen, 1, d_model), rand(mem, 1, d_model), *weights, h, e, mem, False, 1000, False, 1e-5)
     proj = 2 * (qlen * 3 * hd + mem * 2 * hd + klen * hd + qlen * hd) * d_model  # qkv, r and o projections
     eager = lambda: reference(*op)  # noqa: E731
-    rows += [row("rel-position op", dtype, label, "triton op", core + proj, lambda: triton.rel_position_attention_triton(*op), args, eager),
+    rows += [row("rel-position op", dtype, label, "triton op", core + proj, lambda: triton.rel_position_attention_triton(*op), args, eager, plan),
              row("rel-position op", dtype, label, "eager op", core + proj, eager, args)]  # fmt: skip
     return rows
 
@@ -263,6 +271,10 @@ def markdown(report: dict) -> str:
             peak = f", peak {r['peak_mib']:.0f} MiB" if r["peak_mib"] is not None else ""
             agree = f", max abs vs eager {r['max_abs_vs_eager']:.1e}" if "max_abs_vs_eager" in r else ""
             cell = f"{r['ms']:.4f} ms, {r['tflops']:.3g} TFLOP/s{peak}{agree}" + (f" ({ratios})" if ratios else "")
+            if "config" in r:
+                c = r["config"]
+                cell += (f"; config {c['block_m']}x{c['block_n']}, warps {c['num_warps']}, stages {c['num_stages']}, "
+                         f"splits {r['splits']}")  # fmt: skip
         lines.append(f"| {r['kernel']} | {r['dtype']} | {r['shape']} | {r['impl']} | {cell} |")
     lines += ["", "## Targets", "", *target_lines(report["targets"]), "",
               "- TFLOP/s counts useful work (a sliding-window query's band and global keys only); `x sdpa` compares time",

@@ -46,7 +46,10 @@ def test_interpreted_kernels_run_every_row_and_agree_with_the_eager_ops(tmp_path
     for r in measured:
         if r["impl"] in ("triton", "triton op"):
             assert r["max_abs_vs_eager"] < 1e-2, r
+        if r["impl"].startswith("triton"):  # the config the tuner picked (the interpreter's fixed one) and the splits
+            assert r["config"]["block_m"] >= 16 and r["splits"] >= 1, r
         assert (r["x_sdpa"] is not None) == (r["kernel"] != "rel-position op")
     sliding = {r["impl"]: r for r in measured if r["kernel"] == "sliding-window"}
     assert sliding["triton"]["gflop"] < sliding["sdpa (all keys)"]["gflop"]  # the band, not every key
     assert all(r["status"] == "skipped" and "bfloat16" in r["reason"] for r in data["rows"] if r["dtype"] == "bf16")
+    assert "config 16x16, warps 1, stages 1, splits 1 |" in (tmp_path / "gpu_kernels.md").read_text()
