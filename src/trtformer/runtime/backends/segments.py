@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ...errors import BackendError, InputError
+from ...errors import BackendError
 from .base import State
 from .buffers import Device, Tensor
 from .graphs import Captured
-from .static_cache import CacheState
+from .static_cache import BufferOwner, CacheState
 
 
-class MemoryGraph:
+class MemoryGraph(BufferOwner):
     """One (batch, seg): the captured segment and the generation of its memory buffers."""
+
+    stale = "this state is not the latest of its segment graph: a later segment has written its memory buffers over"
 
     def __init__(self, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]], feeds: dict[str, Tensor],
                  state: State, pairs: dict[str, str], pool, check: bool = True):
@@ -37,13 +39,6 @@ class MemoryGraph:
                 inputs[name].copy_(outputs[output])
 
         self.captured = Captured(forward, inputs, pool, after=write_back, check=check)
-
-    def check(self, state: State) -> None:
-        if not isinstance(state, CacheState) or state.cache is not self or state.generation != self.generation:
-            raise InputError(
-                "this state is not the latest of its segment graph: a later segment has written its memory buffers "
-                "over (or it comes from another session)",
-                hint="step from the latest state, or keep a copy with state_to_numpy and state_from_numpy")
 
     def step(self, feeds: dict[str, Tensor], state: State, sizes: dict[str, int], backend: str) -> tuple[dict[str, Tensor], CacheState]:
         if isinstance(state, CacheState) and state.cache is self:

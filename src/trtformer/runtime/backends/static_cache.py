@@ -33,15 +33,32 @@ POSITION = "cache_position"  # the captured step's static input holding the posi
 
 @dataclass
 class CacheState(State):
-    """A State whose tensors are views of a StaticKVCache; valid while the cache has not been stepped or reset since."""
+    """A State whose tensors are views of buffers a BufferOwner keeps (a StaticKVCache, a Transformer-XL segment
+    graph); valid while the owner has not been stepped or reset since."""
 
     cache: Any = None
     generation: int = 0
 
 
-class StaticKVCache:
+class BufferOwner:
+    """Buffers that States view. Each step or reset that writes them bumps `generation`; a State of an older one is
+    stale, and `check` refuses it (and a State of another owner) with `stale`, which says what wrote over it."""
+
+    generation = 0
+    stale = "this state's buffers were written over by a later step"
+
+    def check(self, state: State) -> None:
+        if not isinstance(state, CacheState) or state.cache is not self or state.generation != self.generation:
+            raise InputError(f"{self.stale} (or it comes from another session)",
+                             hint="step from the latest state, or keep a copy with state_to_numpy and state_from_numpy")
+
+
+class StaticKVCache(BufferOwner):
     """One batch size's buffers: the caches (state input name -> [batch, heads, capacity, head_dim]), the attention
     mask over the capacity, and how many positions hold keys and values (`length`)."""
+
+    stale = ("this state is not the latest of its batch size in this session's static KV cache: a later step, "
+             "new_state or state_from_numpy has written over it")  # fmt: skip
 
     def __init__(self, shapes: Mapping[str, Sequence[int]], axis: int, capacity: int, dtype: DType, device):
         import torch
@@ -71,12 +88,6 @@ class StaticKVCache:
         views = {n: buf.narrow(self.axis, 0, self.length) for n, buf in self.buffers.items()}
         return CacheState(views, dict(sizes), backend, cache=self, generation=self.generation)
 
-    def check(self, state: State) -> None:
-        if not isinstance(state, CacheState) or state.cache is not self or state.generation != self.generation:
-            raise InputError(
-                "this state is not the latest of its batch size in this session's static KV cache: a later step, "
-                "new_state or state_from_numpy has written over it (or it comes from another session)",
-                hint="step from the latest state, or keep a copy with state_to_numpy and state_from_numpy")
 
 
 def _with(shape: Sequence[int], axis: int, size: int) -> tuple[int, ...]:
