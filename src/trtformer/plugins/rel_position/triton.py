@@ -11,6 +11,11 @@ Split of the work:
   (row d = W_r R(d); clamp_len caps the row index), and for a (BLOCK_M x BLOCK_N) tile the distances span one band
   of BLOCK_M + BLOCK_N - 1 rows. One tl.dot scores every query row against the band, and tl.gather picks, per
   row i, the column of distance mlen + i - j: the rel-shift as index arithmetic on a tile in registers.
+- Split-K: a short segment gives too few (query block, batch * head) programs to fill the GPU (q 128, batch 1, 8
+  heads: 16 to 32 of them on 132 SMs, each over up to 27 key tiles in a row). The key range of each block is then
+  split over programs that write partial softmax states (m, l, acc) in fp32; `_combine_kernel` merges them.
+- Launch configs (tiles, warps, stages, split fill) come from a small space per head size and dtype, timed on a shape
+  bucket's first CUDA call (`Tuner`): warm a shape up before capturing it in a CUDA graph.
 - `_memory_kernel`: new_mem[r] = [mems ; hidden][klen - keep + r], each row read from whichever input holds it, so
   the new memory is written once, without a concatenation.
 The k/v projection also avoids the concatenation: both parts are written into one [klen, batch, 2 * hd] buffer.

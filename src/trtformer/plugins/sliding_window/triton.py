@@ -3,9 +3,9 @@ Importing this module provides it as the op's CUDA kernel inside `triton_kernels
 on CPU, the op keeps the eager reference.
 
 Split of the work:
-- torch, O(batch * seq) and no host sync: `token_kinds` codes each token as padding, local or global (int8) and lists
-  each row's global positions in order ([batch, seq + 1] int32, so no data-dependent size is read back) with their
-  count.
+- `_kinds_kernel` (`token_kinds`), one program per batch row, O(seq) and no host sync: codes each token as padding,
+  local or global (int8) and lists the row's global positions in order ([batch, seq + 1] int32, so no
+  data-dependent size is read back) with their count.
 - `_local_kernel`, one program per (block of queries of one dilation residue, batch * head). A dilated band is a
   plain band on the subsequence of positions r, r + d, r + 2d, ... (as in the eager op), so a program takes
   BLOCK_M queries of one residue r and scans only that residue's keys t - w/2 .. t + w/2 (t = index in the
@@ -13,8 +13,12 @@ Split of the work:
   statistics) then continues over the row's global keys, read through the position list: one joint softmax of the
   band and the global columns, as in the reference. A global key is excluded from the band (it comes as a column).
   Padding queries get zeros; global queries' rows are left to the other kernel.
-- `_global_kernel`, one program per (block of global slots, batch * head): the slot's query against every real key
-  with the global projections, written to the slot's position. Slots past the row's count do nothing.
+- `_global_kernel`: each global slot's query against every real key with the global projections, written to the
+  slot's position. The first GLOBAL_ROWS slots (a model's few global tokens) scan the keys split over programs
+  (split-K), their partial softmax states merged by rel_position's `_combine_kernel`; later slot blocks go unsplit
+  to a few more programs. Slots past the row's count do nothing.
+Launch configs come from a small space per head size and dtype, timed on a shape bucket's first CUDA call (`Tuner`):
+warm a shape up before capturing it in a CUDA graph (a capture runs the default config untimed).
 No [seq, seq] tensor exists: memory is O(batch * seq) besides the inputs and the output, and the work is
 O(seq * (w + g) + g * seq) per head.
 """
