@@ -214,6 +214,28 @@ def test_an_exception_inside_the_context_still_switches_it_off(toy_op):
     assert route(torch.ones(1)).tolist() == [2]
 
 
+def test_tuner_times_each_config_once_per_bucket_and_never_while_capturing(monkeypatch):
+    """The first call at a bucket times every config and keeps the fastest; later calls at the bucket reuse it; a
+    bucket first met inside a CUDA graph capture runs the default untimed and stays untuned (timing synchronises)."""
+    pytest.importorskip("triton", reason="Triton is not installed (pip install 'trtformer[triton]')")
+    from trtformer.plugins.rel_position import triton as module
+
+    timed, capturing = [], [False]
+    monkeypatch.setattr(module.triton.testing, "do_bench", lambda fn, **_: fn() or timed[-1][1])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    tuner, space = module.Tuner(), ["default", "fast", "slow"]
+    launch = lambda c: timed.append((c, {"default": 2.0, "fast": 1.0, "slow": 3.0}[c]))  # noqa: E731
+    capturing[0] = True
+    assert tuner.pick(("a",), space, launch) == "default" and timed == [] and tuner.best == {}
+    capturing[0] = False
+    assert tuner.pick(("a",), space, launch) == "fast" and [c for c, _ in timed] == space
+    assert tuner.pick(("a",), space, launch) == "fast" and len(timed) == 3  # tuned: no more timing
+    capturing[0] = True
+    assert tuner.pick(("a",), space, launch) == "fast"  # a tuned bucket is captured with its pick
+    # Transformer-XL's memory grows every segment: memories 0 .. 1600 over a 128-query segment fall in 5 buckets
+    assert len({module.bucket(128, 128 + m) for m in range(0, 1601, 16)}) == 5  # 128, 256, 512, 1024, 2048 keys
+
+
 def compile_sm90(kernel, consts: dict, types: dict, options: dict, divisible: tuple[str, ...] = ()):
     """`kernel` compiled ahead of time for sm_90 (no GPU needed): lowering errors surface, and the metadata and cubin
     say what a launch would need. `types` maps argument names to Triton types; the other arguments are i32. Pointers
