@@ -15,7 +15,7 @@ Split of the work:
   Padding queries get zeros; global queries' rows are left to the other kernel.
 - `_global_kernel`: each global slot's query against every real key with the global projections, written to the
   slot's position. The first GLOBAL_ROWS slots (a model's few global tokens) scan the keys split over programs
-  (split-K), their partial softmax states merged by rel_position's `_combine_kernel`; later slot blocks go unsplit
+  (split-K), their partial softmax states merged by triton_common's `_combine_kernel`; later slot blocks go unsplit
   to a few more programs. Slots past the row's count do nothing.
 Launch configs come from a small space per head size and dtype, timed on a shape bucket's first CUDA call (`Tuner`):
 warm a shape up before capturing it in a CUDA graph (a capture runs the default config untimed).
@@ -37,7 +37,7 @@ from ...ops import dispatch
 from ...ops.sliding_window import OP, check_attributes, check_shapes, sliding_window_reference
 
 # split-K and tuning, as the rel-position kernel does them
-from ..rel_position.triton import COMBINE_ROWS, Config, Tuner, _combine_kernel, bucket, split_count, store_partials
+from ..triton_common import COMBINE_ROWS, Config, Tuner, _combine_kernel, bucket, split_count, store_partials
 
 # What the reference's masked_fill writes. Finite, so a tile with nothing allowed gives no NaN (-inf - -inf); a real
 # score later resets the sums through alpha = exp2(FILL - s) = 0.
@@ -225,7 +225,7 @@ INTERPRETED = Config(16, 16, 1, 1, 1)
 INTERPRETER_SMS = 1
 MIN_SPLIT_TILES = 2
 
-# Tuned per shape bucket on CUDA (rel_position's Tuner), the first the default. Each compiled for sm_90 with a launch's
+# Tuned per shape bucket on CUDA (triton_common's Tuner), the first the default. Each compiled for sm_90 with a launch's
 # alignment hints (the tests check all): shared memory under 99 KB, no register spills; registers per thread of the
 # local kernel / shared memory noted (65536 registers and 228 KB an H100/H200 SM). A query block of the band scans
 # BLOCK_M + w keys for the BLOCK_M * (w + 1) scores it needs: at w = 512, 64 and 128 rows waste about 12 % and 25 %.
