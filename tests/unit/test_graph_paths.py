@@ -149,6 +149,28 @@ def test_segment_graph_states_keep_the_contract(preset_artifact):
         np.testing.assert_allclose(got["log_probs"], expected["log_probs"], rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_segments_replayed_match_the_reference(preset_artifact):
+    """torch-compile's forward captured as on torch-cuda-compile (no dispatch-mode check: torch.compile refuses to run
+    under one, and fullgraph refuses host reads itself), the memory written back inside the replay."""
+    from trtformer.runtime.backends.compiled import require_cpp_compiler
+
+    try:
+        require_cpp_compiler()
+    except BackendError as exc:
+        pytest.skip(f"Inductor has no C++ compiler on this machine: {exc}")
+    path = preset_artifact("tiny-transfo-xl")
+    rng = np.random.default_rng(2)
+    with trtformer.load(path, backend="torch") as ref, trtformer.load(path, backend="torch-compile") as compiled:
+        backend = compiled.backend
+        segments = backend.segments = SegmentGraphs(compiled.graph, backend._forward, backend.device, backend.name, check=False)
+        want, got = Stream(ref), Stream(compiled)
+        for _ in range(5):  # 8, 16 (full), then three replays
+            ids = rng.integers(0, 500, (1, 8))
+            np.testing.assert_allclose(got.feed(ids), want.feed(ids), rtol=1e-4, atol=1e-4)
+        assert segments.graphs[1, 8].captured.replays == 3
+        assert backend.compiles == 2  # the first segment (no memory) and one dynamic graph for all later ones
+
+
 def test_the_transfo_xl_forward_reads_nothing_back_once_the_session_checked_the_ids(preset_artifact):
     path = preset_artifact("tiny-transfo-xl")
     with trtformer.load(path, backend="torch") as session:
