@@ -76,13 +76,26 @@ def test_captured_replays_over_static_buffers():
         Captured(lambda inputs: {"y": inputs["x"] * inputs["x"].sum().item()}, {"x": torch.ones(2)})
 
 
+def needs_cpp_compiler() -> None:
+    from trtformer.runtime.backends.compiled import require_cpp_compiler
+
+    try:
+        require_cpp_compiler()
+    except BackendError as exc:
+        pytest.skip(f"Inductor has no C++ compiler on this machine: {exc}")
+
+
 # --- GPT decode over the static KV cache, replayed --------------------------------------------------------------
 
 
-def test_static_decode_replayed_matches_the_reference(gpt2_artifact):
+@pytest.mark.parametrize("backend", ["torch", "torch-compile"])
+def test_static_decode_replayed_matches_the_reference(gpt2_artifact, backend):
+    if backend == "torch-compile":
+        needs_cpp_compiler()
     with trtformer.load(gpt2_artifact, backend="torch") as ref, \
-            trtformer.load(gpt2_artifact, backend="torch", static_cache=True) as graphed:  # fmt: skip
+            trtformer.load(gpt2_artifact, backend=backend, static_cache=True) as graphed:  # fmt: skip
         static = graphed.backend.static
+        assert static.check == (backend == "torch")  # a compiled forward is captured without the dispatch mode
         static.cuda_graphs = True  # the CPU stand-in of the capture: the backend refuses CUDA graphs on CPU
         for prompts in ([[5, 9, 2, 7, 1]], [[5, 9, 2], [3, 8], [1, 1, 4, 6]], [[7, 7]]):
             assert generate(graphed, prompts, max_new_tokens=12).tokens == generate(ref, prompts, max_new_tokens=12).tokens
@@ -152,12 +165,7 @@ def test_segment_graph_states_keep_the_contract(preset_artifact):
 def test_compiled_segments_replayed_match_the_reference(preset_artifact):
     """torch-compile's forward captured as on torch-cuda-compile (no dispatch-mode check: torch.compile refuses to run
     under one, and fullgraph refuses host reads itself), the memory written back inside the replay."""
-    from trtformer.runtime.backends.compiled import require_cpp_compiler
-
-    try:
-        require_cpp_compiler()
-    except BackendError as exc:
-        pytest.skip(f"Inductor has no C++ compiler on this machine: {exc}")
+    needs_cpp_compiler()
     path = preset_artifact("tiny-transfo-xl")
     rng = np.random.default_rng(2)
     with trtformer.load(path, backend="torch") as ref, trtformer.load(path, backend="torch-compile") as compiled:
