@@ -8,7 +8,7 @@ The segments before the memory is full (the first mem_len / seg of a stream) run
 
 The Session's state contract holds: a State's tensors are the memory buffers, with the manifest's shape
 [mem_len, batch, d_model]. The next replay writes over them, so only the latest State of a graph is valid: stepping
-from an older one, or fetching it, is an InputError (static_cache.CacheState's check). A State from elsewhere (the
+from an older one, or fetching it, is an InputError (static_cache.BufferOwner.check). A State from elsewhere (the
 growing segments, state_from_numpy, another graph) is copied into the buffers, once.
 """
 
