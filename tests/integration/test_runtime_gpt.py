@@ -144,6 +144,16 @@ def test_runtime_imports_neither_torch_nor_onnx(gpt2_artifact):
     assert out.stdout.strip() == "4"
 
 
+def test_backend_helper_modules_import_without_torch():
+    """The GPU backends' helpers import torch only inside the functions that use it: a service embedding the runtime
+    imports them (the registry, type checks) without torch installed."""
+    modules = ["buckets", "buffers", "compiled", "graphs", "segments", "static_cache", "tensorrt"]
+    code = ("import sys; sys.modules['torch'] = None\n"
+            + "".join(f"import trtformer.runtime.backends.{m}\n" for m in modules) + "print('ok')")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # --- generation -----------------------------------------------------------------------------------------------
 
 
