@@ -131,3 +131,21 @@ class Neighbours:
         """Other processes' CPU as a share of all cores; None when /proc/stat's 10 ms ticks are too coarse."""
         wall = self.wall.get(key, 0.0)
         return self.other[key] / (wall * (os.cpu_count() or 1)) if wall >= MIN_METER_S else None
+
+
+def step_clock():
+    """A transformers LogitsProcessor that stamps time.perf_counter() in its `stamps` at every call: generate() calls
+    it once per forward, the first time right after prefill, so the stamps time each decode step."""
+    import time
+
+    from transformers import LogitsProcessor
+
+    class Clock(LogitsProcessor):
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.perf_counter())
+            return scores
+
+    return Clock()

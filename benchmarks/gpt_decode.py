@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import NOISY, Neighbours, machine_info, noisy_label, setup_logging
+from bench_common import NOISY, Neighbours, machine_info, noisy_label, setup_logging, step_clock
 
 import trtformer
 from trtformer import bench
@@ -105,17 +105,7 @@ def check_hf_weights(hf, reference, vocab: int, seed: int) -> dict:
 
 def measure_hf(hf, vocab: int, batch: int, prompt_len: int, new_tokens: int, warmup: int, runs: int, seed: int) -> dict:
     """generate() timed per token by a LogitsProcessor; same prompt, same number of decode forwards as bench."""
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class Clock(LogitsProcessor):
-        """Stamps each call; generate() calls it once per forward, the first time right after prefill."""
-
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def __call__(self, input_ids, scores):
-            self.stamps.append(time.perf_counter())
-            return scores
+    from transformers import LogitsProcessorList
 
     ids = torch.from_numpy(bench.prompt_ids(vocab, batch, prompt_len, seed))
     mask = torch.ones_like(ids)
@@ -123,7 +113,7 @@ def measure_hf(hf, vocab: int, batch: int, prompt_len: int, new_tokens: int, war
     n = new_tokens + 1
     prefills, steps, tokens = [], [], None
     for i in range(warmup + runs):
-        clock = Clock()
+        clock = step_clock()
         t0 = time.perf_counter()
         out = hf.generate(
             input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=n, min_new_tokens=n,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write, target_lines
+from bench_common import NOISY, Neighbours, machine_info, noisy_label, run_and_write, step_clock, target_lines
 
 import trtformer
 from trtformer.artifact import Artifact
@@ -108,17 +108,9 @@ def measure_trtformer(model: Seq2Seq, ids: list[list[int]], new_tokens: int) -> 
 
 
 def measure_hf(hf, ids: list[list[int]], new_tokens: int) -> dict:
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
-    class Clock(LogitsProcessor):
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def __call__(self, input_ids, scores):
-            self.stamps.append(time.perf_counter())
-            return scores
-
-    clock = Clock()
+    clock = step_clock()
     source = torch.tensor(ids)
     t0 = time.perf_counter()
     with torch.no_grad():
