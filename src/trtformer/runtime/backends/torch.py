@@ -155,14 +155,9 @@ class TorchBackend:
         pad_id = getattr(getattr(self.model, "config", None), "pad_token_id", None)
         made = EncoderBuckets(spec, self._forward, self.device, pad_id or 0, buckets, cuda_graphs=cuda_graphs,
                               backend=self.name, compiled=self.compiled is not None)  # fmt: skip
-        if cuda_graphs:  # the eager forward has the compiled one's ops: no compile needed to find a host read
-
-            def eager(tensors):
-                with torch.no_grad(), self.kernels():
-                    return self.model(**self.to_kwargs(tensors))
-
-            try:
-                made.check(eager)
+        if cuda_graphs:
+            try:  # on the eager forward, which has the compiled one's ops: no compile needed to find a host read
+                made.check(lambda tensors: self._forward(tensors, eager=True))
             except BackendError:
                 if not default:
                     raise
@@ -202,10 +197,11 @@ class TorchBackend:
         """Inputs on the device at this backend's dtypes (float inputs: state, features)."""
         return {n: torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=self.dtypes.get(n)) for n, a in arrays.items()}
 
-    def _forward(self, tensors: Mapping[str, torch.Tensor], **extra) -> dict[str, torch.Tensor]:
+    def _forward(self, tensors: Mapping[str, torch.Tensor], eager: bool = False, **extra) -> dict[str, torch.Tensor]:
+        """The model's outputs; compiled when the backend is, unless `eager`."""
         if self.model is None:
             raise BackendError(f"this {self.name} backend is closed")
-        run = self.compiled if self.compiled is not None else self.model
+        run = self.compiled if self.compiled is not None and not eager else self.model
         with torch.no_grad(), threads_for_call(self.threads), self.kernels():
             return run(**self.to_kwargs(dict(tensors)), **self.call_options, **extra)
 
